@@ -5,7 +5,7 @@
 //! offset size field (little-endian)
 //!      0    3 magic              b"RMB"
 //!      3    1 version            BATCH_VERSION
-//!      4    4 crc                crc32c of bytes [8, length)
+//!      4    4 crc                crc32c of bytes [24, length) then [8, 24)
 //!      8    8 base_offset        stamped by the broker at append
 //!     16    8 store_timestamp_ms stamped by the broker at append
 //!     24    4 length             whole batch, header included
@@ -25,10 +25,10 @@
 //!               body: the rest of the record
 //! ```
 //!
-//! The broker's two stamped fields sit right after the crc so that a restamp
-//! needs no second pass over the records: the crc of the tail `[24, length)`
-//! is computed once while verifying and combined with the crc of the new
-//! 16 stamped bytes (crc32c is linear; see [`stamp`]).
+//! The crc covers every byte after it, but reads the broker's two stamped
+//! fields last: crc32c over `[24, length)`, continued over `[8, 24)`. So the
+//! crc of the tail is computed once while verifying, and a restamp continues
+//! it over the 16 new bytes instead of rereading the records (see [`stamp`]).
 //!
 //! Every byte after the crc is covered by it, and magic and version are
 //! checked by the parser, so any corrupted byte is detected before a record
@@ -243,6 +243,17 @@ pub struct Verified {
     pub tail_crc: u32,
 }
 
+/// The crc a batch's header must carry: crc32c over `[24, length)`, then
+/// over the stamped fields `[8, 24)`. `batch` is exactly one batch.
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    let tail_crc = crc32c::crc32c(batch.get(STAMP_END..).unwrap_or_default());
+    crc_with_stamp(tail_crc, batch.get(CRC_FROM..STAMP_END).unwrap_or_default())
+}
+
+fn crc_with_stamp(tail_crc: u32, stamp: &[u8]) -> u32 {
+    crc32c::crc32c_append(tail_crc, stamp)
+}
+
 /// Checks the header and crc of the batch at the start of `buf` (which may
 /// hold more bytes after it). Nothing after the header is trusted before this.
 pub fn verify(buf: &[u8]) -> Result<Verified, BatchError> {
@@ -255,11 +266,7 @@ pub fn verify(buf: &[u8]) -> Result<Verified, BatchError> {
         });
     };
     let tail_crc = crc32c::crc32c(&batch[STAMP_END..]);
-    let computed = crc32c::crc32c_combine(
-        crc32c::crc32c(&batch[CRC_FROM..STAMP_END]),
-        tail_crc,
-        length - STAMP_END,
-    );
+    let computed = crc_with_stamp(tail_crc, &batch[CRC_FROM..STAMP_END]);
     if computed != header.crc {
         return Err(BatchError::CrcMismatch {
             stored: header.crc,
@@ -271,21 +278,17 @@ pub fn verify(buf: &[u8]) -> Result<Verified, BatchError> {
 }
 
 /// Writes the broker's base offset and store time into a verified batch and
-/// fixes its crc, reusing `tail_crc` from [`verify`] instead of rereading the records.
+/// fixes its crc by continuing `tail_crc` (from [`verify`]) over the 16 new
+/// bytes: O(1) in the batch size.
 ///
-/// `batch` must be the verified batch's bytes (at least the header).
+/// `batch` must start with the verified batch's header.
 pub fn stamp(batch: &mut [u8], base_offset: u64, store_timestamp_ms: i64, tail_crc: u32) {
-    let length = batch.len().max(BATCH_HEADER_BYTES);
     let Some(head) = batch.get_mut(..BATCH_HEADER_BYTES) else {
         return;
     };
     head[8..16].copy_from_slice(&base_offset.to_le_bytes());
     head[16..24].copy_from_slice(&store_timestamp_ms.to_le_bytes());
-    let crc = crc32c::crc32c_combine(
-        crc32c::crc32c(&head[CRC_FROM..STAMP_END]),
-        tail_crc,
-        length - STAMP_END,
-    );
+    let crc = crc_with_stamp(tail_crc, &head[CRC_FROM..STAMP_END]);
     head[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -322,21 +325,41 @@ impl Batch {
         Ok(batch)
     }
 
-    /// Checks that the records parse and add up to the header's count and length.
+    /// Checks that the records parse and add up to the header's count and
+    /// length, and that no born time exceeds the header's maximum. Walks the
+    /// bytes in place: no allocation, no refcounting.
     pub fn validate(&self) -> Result<(), BatchError> {
-        let mut records = self.records();
-        while let Some(record) = records.next() {
-            if record?.timestamp_ms > self.header.max_timestamp_ms {
+        self.for_each_record(|_| ())
+    }
+
+    /// Calls `f` with every record, borrowed from the batch's buffer, after
+    /// checking the same structure as [`Batch::validate`]; the cheapest way to
+    /// read a batch. Stops at the first malformed record.
+    pub fn for_each_record(&self, mut f: impl FnMut(RecordRef<'_>)) -> Result<(), BatchError> {
+        let buf: &[u8] = &self.bytes;
+        let mut pos = BATCH_HEADER_BYTES;
+        for index in 0..self.header.record_count {
+            if pos == buf.len() {
+                return Err(BatchError::CountMismatch {
+                    expected: self.header.record_count,
+                    found: index,
+                });
+            }
+            let raw = RawRecord::parse(buf, &mut pos)
+                .map_err(|reason| BatchError::InvalidRecord { index, reason })?;
+            let record = raw.borrow(buf, &self.header, index);
+            if record.timestamp_ms > self.header.max_timestamp_ms {
                 return Err(BatchError::InvalidRecord {
-                    index: records.index - 1,
+                    index,
                     reason: "timestamp above the batch's max timestamp",
                 });
             }
+            f(record);
         }
-        if records.index != self.header.record_count {
-            return Err(BatchError::CountMismatch {
-                expected: self.header.record_count,
-                found: records.index,
+        if pos != buf.len() {
+            return Err(BatchError::InvalidRecord {
+                index: self.header.record_count,
+                reason: "bytes after the last record",
             });
         }
         Ok(())
@@ -440,16 +463,120 @@ fn take_u32(buf: &[u8], pos: &mut usize) -> Result<u32, &'static str> {
     u32::try_from(take_varint(buf, pos)?).map_err(|_| "value above u32")
 }
 
-fn take_field(buf: &Bytes, pos: &mut usize) -> Result<Bytes, &'static str> {
+fn take_range(buf: &[u8], pos: &mut usize) -> Result<(usize, usize), &'static str> {
     let len = take_varint(buf, pos)?;
     let end = usize::try_from(len)
         .ok()
         .and_then(|len| pos.checked_add(len))
         .filter(|&end| end <= buf.len())
         .ok_or("field runs past its record")?;
-    let field = buf.slice(*pos..end);
+    let range = (*pos, end);
     *pos = end;
-    Ok(field)
+    Ok(range)
+}
+
+fn take_field(buf: &Bytes, pos: &mut usize) -> Result<Bytes, &'static str> {
+    let (from, to) = take_range(buf, pos)?;
+    Ok(buf.slice(from..to))
+}
+
+/// One record's fields as ranges of the batch buffer: parsed once, then
+/// borrowed ([`RecordRef`]) or sliced ([`Record`]).
+#[derive(Debug, Clone, Copy)]
+struct RawRecord {
+    flags: u32,
+    delta: i64,
+    reconsume_times: u32,
+    key: (usize, usize),
+    tag: (usize, usize),
+    properties: (usize, usize),
+    property_count: u32,
+    body: (usize, usize),
+}
+
+impl RawRecord {
+    /// Parses the record at `*pos` of the whole batch buffer `buf`.
+    fn parse(buf: &[u8], pos: &mut usize) -> Result<Self, &'static str> {
+        let len = take_varint(buf, pos)?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| pos.checked_add(len))
+            .filter(|&end| end <= buf.len())
+            .ok_or("record runs past the batch")?;
+        let rec = &buf[..end];
+        let flags = take_u32(rec, pos)?;
+        let delta = varint::unzigzag(take_varint(rec, pos)?);
+        let reconsume_times = take_u32(rec, pos)?;
+        let key = take_range(rec, pos)?;
+        let tag = take_range(rec, pos)?;
+        let property_count = take_u32(rec, pos)?;
+        let props_from = *pos;
+        for _ in 0..property_count {
+            take_range(rec, pos)?;
+            take_range(rec, pos)?;
+        }
+        let properties = (props_from, *pos);
+        let body = (*pos, end);
+        *pos = end;
+        Ok(Self {
+            flags,
+            delta,
+            reconsume_times,
+            key,
+            tag,
+            properties,
+            property_count,
+            body,
+        })
+    }
+
+    fn borrow<'a>(&self, buf: &'a [u8], header: &BatchHeader, index: u32) -> RecordRef<'a> {
+        RecordRef {
+            offset: header.base_offset.wrapping_add(u64::from(index)),
+            timestamp_ms: header.first_timestamp_ms.wrapping_add(self.delta),
+            flags: self.flags,
+            reconsume_times: self.reconsume_times,
+            key: &buf[self.key.0..self.key.1],
+            tag: &buf[self.tag.0..self.tag.1],
+            properties: &buf[self.properties.0..self.properties.1],
+            property_count: self.property_count,
+            body: &buf[self.body.0..self.body.1],
+        }
+    }
+}
+
+/// A record borrowed from its batch's buffer (see [`Batch::for_each_record`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Its offset in the queue.
+    pub offset: u64,
+    /// Born time.
+    pub timestamp_ms: i64,
+    /// Record flag bits.
+    pub flags: u32,
+    /// Times redelivered.
+    pub reconsume_times: u32,
+    /// Lookup key.
+    pub key: &'a [u8],
+    /// Tag.
+    pub tag: &'a [u8],
+    properties: &'a [u8],
+    property_count: u32,
+    /// The payload.
+    pub body: &'a [u8],
+}
+
+impl<'a> RecordRef<'a> {
+    /// The (key, value) property pairs in order.
+    pub fn properties(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let raw = self.properties;
+        let mut pos = 0;
+        (0..self.property_count).map_while(move |_| {
+            let (k0, k1) = take_range(raw, &mut pos).ok()?;
+            let (v0, v1) = take_range(raw, &mut pos).ok()?;
+            Some((&raw[k0..k1], &raw[v0..v1]))
+        })
+    }
 }
 
 /// Iterator over a batch's records. Ends after the first error.
@@ -464,39 +591,20 @@ pub struct Records {
 
 impl Records {
     fn parse_next(&mut self) -> Result<Record, &'static str> {
-        let len = take_varint(&self.bytes, &mut self.pos)?;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|len| self.pos.checked_add(len))
-            .filter(|&end| end <= self.bytes.len())
-            .ok_or("record runs past the batch")?;
-        let rec = self.bytes.slice(self.pos..end);
-        self.pos = end;
-        let mut at = 0;
-        let flags = take_u32(&rec, &mut at)?;
-        let delta = varint::unzigzag(take_varint(&rec, &mut at)?);
-        let reconsume_times = take_u32(&rec, &mut at)?;
-        let key = take_field(&rec, &mut at)?;
-        let tag = take_field(&rec, &mut at)?;
-        let count = take_u32(&rec, &mut at)?;
-        let props_from = at;
-        for _ in 0..count {
-            take_field(&rec, &mut at)?;
-            take_field(&rec, &mut at)?;
-        }
-        let properties = Properties {
-            raw: rec.slice(props_from..at),
-            count,
-        };
+        let raw = RawRecord::parse(&self.bytes, &mut self.pos)?;
+        let slice = |(from, to): (usize, usize)| self.bytes.slice(from..to);
         Ok(Record {
             offset: self.header.base_offset.wrapping_add(u64::from(self.index)),
-            timestamp_ms: self.header.first_timestamp_ms.wrapping_add(delta),
-            flags,
-            reconsume_times,
-            key,
-            tag,
-            properties,
-            body: rec.slice(at..),
+            timestamp_ms: self.header.first_timestamp_ms.wrapping_add(raw.delta),
+            flags: raw.flags,
+            reconsume_times: raw.reconsume_times,
+            key: slice(raw.key),
+            tag: slice(raw.tag),
+            properties: Properties {
+                raw: slice(raw.properties),
+                count: raw.property_count,
+            },
+            body: slice(raw.body),
         })
     }
 }
@@ -693,7 +801,9 @@ impl BatchBuilder {
     /// Appends a record, or returns [`BatchError::Full`] (leaving the builder
     /// as it was) when it would take the batch over its cap.
     pub fn push(&mut self, record: &RecordInput<'_>) -> Result<(), BatchError> {
-        let record_bytes = self.encoded_len(record);
+        let delta = self.delta(record.timestamp_ms);
+        let content_bytes = record.content_len(delta);
+        let record_bytes = varint::encoded_len(content_bytes as u64) + content_bytes;
         if self.buf.len() + record_bytes > self.max_bytes || self.record_count == u32::MAX {
             return Err(BatchError::Full {
                 record_bytes,
@@ -701,7 +811,6 @@ impl BatchBuilder {
                 max: self.max_bytes,
             });
         }
-        let delta = self.delta(record.timestamp_ms);
         if self.record_count == 0 {
             self.first_timestamp_ms = record.timestamp_ms;
         }
@@ -709,7 +818,7 @@ impl BatchBuilder {
         self.record_count += 1;
         let buf = &mut self.buf;
         buf.reserve(record_bytes);
-        varint::put(buf, record.content_len(delta) as u64);
+        varint::put(buf, content_bytes as u64);
         varint::put(buf, u64::from(record.flags));
         varint::put(buf, varint::zigzag(delta));
         varint::put(buf, u64::from(record.reconsume_times));
@@ -742,7 +851,7 @@ impl BatchBuilder {
         h[48..56].copy_from_slice(&self.max_timestamp_ms.to_le_bytes());
         h[56..64].copy_from_slice(&self.producer_id.to_le_bytes());
         h[64..68].copy_from_slice(&self.base_sequence.to_le_bytes());
-        let crc = crc32c::crc32c(&buf[CRC_FROM..]);
+        let crc = compute_crc(&buf);
         buf[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_le_bytes());
         Ok(buf.freeze())
     }
@@ -869,7 +978,7 @@ mod tests {
         let mut bytes = BytesMut::from(&sample(2)[..]);
         let count_at = 32;
         bytes[count_at..count_at + 4].copy_from_slice(&5u32.to_le_bytes());
-        let crc = crc32c::crc32c(&bytes[CRC_FROM..]);
+        let crc = compute_crc(&bytes);
         bytes[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_le_bytes());
         let err = Batch::parse_validated(bytes.freeze()).unwrap_err();
         assert_eq!(
@@ -924,6 +1033,18 @@ mod tests {
             let batch = Batch::parse_validated(b.finish().unwrap()).unwrap();
             let got: Vec<Record> = batch.records().collect::<Result<_, _>>().unwrap();
             prop_assert_eq!(got.len(), recs.len());
+            let mut borrowed = Vec::new();
+            batch.for_each_record(|r| {
+                let props: Vec<(Vec<u8>, Vec<u8>)> =
+                    r.properties().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+                borrowed.push((r.offset, r.timestamp_ms, r.flags, r.key.to_vec(), r.body.to_vec(), props));
+            }).unwrap();
+            let owned: Vec<_> = got.iter().map(|r| {
+                let props: Vec<(Vec<u8>, Vec<u8>)> =
+                    r.properties.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+                (r.offset, r.timestamp_ms, r.flags, r.key.to_vec(), r.body.to_vec(), props)
+            }).collect();
+            prop_assert_eq!(borrowed, owned);
             for (r, (dt, flags, key, tag, props, body)) in got.iter().zip(&recs) {
                 prop_assert_eq!(r.timestamp_ms, base_ts + dt);
                 prop_assert_eq!(r.flags, *flags);
@@ -971,7 +1092,7 @@ mod tests {
             let length = buf.len() as u32;
             buf[24..28].copy_from_slice(&length.to_le_bytes());
             buf[32..36].copy_from_slice(&count.to_le_bytes());
-            let crc = crc32c::crc32c(&buf[CRC_FROM..]);
+            let crc = compute_crc(&buf);
             buf[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_le_bytes());
             let batch = Batch::parse(buf.freeze()).unwrap();
             if batch.validate().is_ok() {

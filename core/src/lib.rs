@@ -28,7 +28,9 @@ pub mod route;
 pub mod varint;
 pub mod wire;
 
-pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Batches, Record, RecordInput};
+pub use batch::{
+    Batch, BatchBuilder, BatchError, BatchHeader, Batches, Record, RecordInput, RecordRef,
+};
 pub use config::FlushMode;
 pub use error_code::ErrorCode;
 pub use frame::{Frame, FrameDecoder, FrameError, FrameFlags, FrameKind};

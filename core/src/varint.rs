@@ -41,6 +41,12 @@ pub fn put(dst: &mut impl BufMut, mut value: u64) {
 /// Decodes a varint at the start of `src`; returns the value and the bytes it took.
 #[inline]
 pub fn get(src: &[u8]) -> Result<(u64, usize), VarintError> {
+    // Most lengths and flags in a batch fit one byte.
+    if let Some(&byte) = src.first() {
+        if byte < 0x80 {
+            return Ok((u64::from(byte), 1));
+        }
+    }
     let mut value: u64 = 0;
     for (i, &byte) in src.iter().take(MAX_VARINT_BYTES).enumerate() {
         let group = u64::from(byte & 0x7f);

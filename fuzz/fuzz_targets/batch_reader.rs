@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     buf[24..28].copy_from_slice(&length.to_le_bytes());
     let count = u32::from(mode >> 1).max(1);
     buf[32..36].copy_from_slice(&count.to_le_bytes());
-    let crc = crc32c::crc32c(&buf[8..]);
+    let crc = ringmq_core::batch::compute_crc(&buf);
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
     let batch = Batch::parse(buf.freeze()).expect("header and crc were made valid");
     read(&batch, true);
