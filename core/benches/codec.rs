@@ -5,7 +5,8 @@
 //! cargo bench -p ringmq-core --bench codec -- [--out bench-results] [--rounds 5] [--round-ms 400]
 //! ```
 //!
-//! Writes `codec-<utc>-<commit>.{json,md}` into the output folder and
+//! Writes `codec-<utc>-<commit>.{json,md}` into the output folder (relative
+//! paths are taken from the workspace root) and
 //! refreshes its README index. Each figure is the median of the rounds, with
 //! min and max, because this machine is shared and noisy.
 
@@ -60,6 +61,13 @@ fn parse_args() -> Result<Settings, String> {
     }
     if s.rounds == 0 {
         return Err("--rounds must be at least 1".into());
+    }
+    // `cargo bench` runs in the package folder; a relative --out means the
+    // workspace root, where bench-results/ lives.
+    if s.out.is_relative() {
+        s.out = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(&s.out);
     }
     Ok(s)
 }
