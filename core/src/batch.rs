@@ -298,6 +298,7 @@ pub fn stamp(batch: &mut [u8], base_offset: u64, store_timestamp_ms: i64, tail_c
 pub struct Batch {
     header: BatchHeader,
     bytes: Bytes,
+    tail_crc: u32,
 }
 
 impl Batch {
@@ -314,6 +315,7 @@ impl Batch {
         Ok(Self {
             header: verified.header,
             bytes,
+            tail_crc: verified.tail_crc,
         })
     }
 
@@ -368,6 +370,11 @@ impl Batch {
     /// The header.
     pub fn header(&self) -> &BatchHeader {
         &self.header
+    }
+
+    /// crc32c of the bytes after the stamped fields, for [`stamp`].
+    pub fn tail_crc(&self) -> u32 {
+        self.tail_crc
     }
 
     /// The batch's bytes, exactly as stored.
@@ -677,6 +684,7 @@ impl Iterator for Batches {
             Batch {
                 header: v.header,
                 bytes,
+                tail_crc: v.tail_crc,
             }
         });
         self.failed = result.is_err();

@@ -1,6 +1,10 @@
-//! ringmq broker: thread-per-core shards on glommio, each with its own store and listener.
+//! ringmq broker: thread-per-core shards on glommio, each with its own
+//! storage engine, listener and queues.
 //!
 //! # Layout
-//! - `ringmq-broker` (src/main.rs): the broker process; storage arrives in `store/` (issue #3), shards, listeners and the SPSC mesh in `net/` and `mesh` (issue #4).
-//!
-//! Nothing else is here yet: issue #4 builds this crate on `ringmq-core`.
+//! - [`store`]: the per-shard storage engine (commit log, queue indexes,
+//!   consumer offsets, checkpoints, recovery) behind the [`store::Disk`] trait.
+//! - `ringmq-broker` (src/main.rs): the broker process. Shards, listeners and
+//!   the SPSC mesh arrive with issue #4.
+
+pub mod store;

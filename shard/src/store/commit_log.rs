@@ -1,0 +1,161 @@
+//! The shard's commit log: fixed-size segment files holding every queue's
+//! batches interleaved, in append order.
+//!
+//! A log entry is an 8-byte prefix and the batch, byte for byte as sent
+//! (with the broker's offset and store time stamped in):
+//!
+//! ```text
+//! offset size field
+//!      0    4 qnum   u32 LE, the shard-local queue number (>= 1)
+//!      4    4 check  crc32c(qnum LE ++ batch crc LE)
+//!      8    . batch  a record batch (core/PROTOCOL.md)
+//! ```
+//!
+//! Entries never straddle segments: an entry that does not fit leaves the
+//! rest of its segment zero and goes to the next. Eight zero bytes where a
+//! prefix belongs mean "no more entries in this segment". Segment files are
+//! named by their first log position, `<position:020>.log`.
+
+use super::disk::DiskFile;
+use super::StoreError;
+use bytes::BytesMut;
+use futures::channel::oneshot;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+
+/// Bytes before the batch in a log entry.
+pub(crate) const ENTRY_PREFIX_BYTES: usize = 8;
+
+/// The prefix's check value: ties the queue number to the batch it labels.
+pub(crate) fn entry_check(qnum: u32, batch_crc: u32) -> u32 {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&qnum.to_le_bytes());
+    b[4..].copy_from_slice(&batch_crc.to_le_bytes());
+    crc32c::crc32c(&b)
+}
+
+/// The file name of the segment starting at `start`.
+pub(crate) fn segment_name(start: u64) -> String {
+    format!("{start:020}.log")
+}
+
+/// The start position named by a segment file name.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    (digits.len() == 20).then(|| digits.parse().ok()).flatten()
+}
+
+/// Bytes placed but not yet handed to the disk, all in one segment.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub(crate) seg_start: u64,
+    pub(crate) pos: u64,
+    pub(crate) data: BytesMut,
+}
+
+/// An append waiting for its bytes to be acknowledged.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    pub(crate) end_pos: u64,
+    pub(crate) qnum: u32,
+    pub(crate) next_offset: u64,
+    pub(crate) tx: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// Positions and buffers of the log, mutated without awaiting.
+#[derive(Debug)]
+pub(crate) struct LogState<F> {
+    pub(crate) segment_bytes: u64,
+    /// Every segment file that holds or may hold entries, by start.
+    pub(crate) segments: BTreeMap<u64, Rc<F>>,
+    /// The following segment, prepared ahead of need.
+    pub(crate) next_segment: Option<(u64, Rc<F>)>,
+    pub(crate) active_start: u64,
+    /// Where the next entry goes.
+    pub(crate) end_pos: u64,
+    pub(crate) pending: VecDeque<Chunk>,
+    pub(crate) pending_bytes: usize,
+    /// Everything before this is written.
+    pub(crate) written_pos: u64,
+    /// Everything before this is acknowledged (written, or synced in `sync` mode).
+    pub(crate) acked_pos: u64,
+    pub(crate) waiters: VecDeque<Waiter>,
+}
+
+impl<F: DiskFile> LogState<F> {
+    pub(crate) fn new(segment_bytes: u64, active_start: u64, end_pos: u64) -> Self {
+        Self {
+            segment_bytes,
+            segments: BTreeMap::new(),
+            next_segment: None,
+            active_start,
+            end_pos,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            written_pos: end_pos,
+            acked_pos: end_pos,
+            waiters: VecDeque::new(),
+        }
+    }
+
+    /// Whether an entry of `len` bytes fits in the active segment.
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        self.end_pos + len as u64 <= self.active_start + self.segment_bytes
+    }
+
+    /// Makes the prepared next segment the active one.
+    pub(crate) fn roll(&mut self, start: u64, file: Rc<F>) {
+        debug_assert_eq!(start, self.active_start + self.segment_bytes);
+        self.segments.insert(start, file);
+        self.active_start = start;
+        self.end_pos = start;
+    }
+
+    /// The buffer to append `len` bytes into at `end_pos`, and that position.
+    pub(crate) fn reserve(&mut self, len: usize) -> (&mut BytesMut, u64) {
+        let pos = self.end_pos;
+        let continues = self.pending.back().is_some_and(|c| {
+            c.seg_start == self.active_start && c.pos + c.data.len() as u64 == pos
+        });
+        if !continues {
+            self.pending.push_back(Chunk {
+                seg_start: self.active_start,
+                pos,
+                data: BytesMut::with_capacity(len.max(64 * 1024)),
+            });
+        }
+        self.end_pos += len as u64;
+        self.pending_bytes += len;
+        let chunk = self.pending.back_mut().map(|c| &mut c.data);
+        // A chunk was pushed just above if none continued.
+        (chunk.unwrap_or_else(|| unreachable!()), pos)
+    }
+
+    /// The segment file holding `pos`.
+    pub(crate) fn segment_for(&self, pos: u64) -> Option<(u64, &Rc<F>)> {
+        self.segments
+            .range(..=pos)
+            .next_back()
+            .filter(|(start, _)| pos < *start + self.segment_bytes)
+            .map(|(s, f)| (*s, f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(segment_name(1 << 30), "00000000001073741824.log");
+        assert_eq!(parse_segment_name(&segment_name(42)), Some(42));
+        assert_eq!(parse_segment_name("42.log"), None);
+        assert_eq!(parse_segment_name("00000000001073741824.idx"), None);
+    }
+
+    #[test]
+    fn check_ties_queue_to_batch() {
+        assert_ne!(entry_check(1, 7), entry_check(2, 7));
+        assert_ne!(entry_check(1, 7), entry_check(1, 8));
+    }
+}

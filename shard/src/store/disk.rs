@@ -1,0 +1,566 @@
+//! The store's only way to the disk: a small trait with a real direct-I/O
+//! implementation ([`DmaDisk`], glommio `DmaFile`) and a test one
+//! ([`MemDisk`]) that can fail any operation, run out of space, tear the last
+//! write and forget every unsynced byte, so crash behaviour is testable
+//! without pulling the power.
+//!
+//! Writes go at block-aligned positions in whole blocks ([`BLOCK_BYTES`]),
+//! as `O_DIRECT` requires; callers keep the partial last block in memory and
+//! rewrite it (see `aligned.rs`).
+
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Direct-I/O block size: 4 KiB is the largest logical block size in common
+/// use, so aligning to it satisfies every device.
+pub const BLOCK_BYTES: u64 = 4096;
+
+/// Rounds down to a block boundary.
+pub fn align_down(v: u64) -> u64 {
+    v & !(BLOCK_BYTES - 1)
+}
+
+/// Rounds up to a block boundary.
+pub fn align_up(v: u64) -> u64 {
+    align_down(v + BLOCK_BYTES - 1)
+}
+
+/// An I/O error with the operation and file it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}: {source}", path.display())]
+pub struct DiskError {
+    /// What was being done ("write", "fdatasync", ...).
+    pub op: &'static str,
+    /// The file or folder.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+impl DiskError {
+    fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
+        Self {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Whether the device is out of space (ENOSPC or EDQUOT).
+    pub fn is_no_space(&self) -> bool {
+        matches!(
+            self.source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        )
+    }
+}
+
+/// A filesystem the store can use. One per shard; not `Send`, like the shard.
+#[allow(async_fn_in_trait)]
+pub trait Disk: Clone + 'static {
+    /// An open file.
+    type File: DiskFile;
+    /// Opens `path` for reading and writing, creating it if `create`.
+    async fn open(&self, path: &Path, create: bool) -> Result<Self::File, DiskError>;
+    /// Deletes a file.
+    async fn remove(&self, path: &Path) -> Result<(), DiskError>;
+    /// Renames a file, replacing `to` (atomic on POSIX filesystems).
+    async fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError>;
+    /// Creates a folder and its parents.
+    async fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError>;
+    /// Names of the files in a folder, sorted.
+    async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError>;
+    /// Makes creations, removals and renames in `dir` durable.
+    async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError>;
+}
+
+/// An open file.
+#[allow(async_fn_in_trait)]
+pub trait DiskFile: 'static {
+    /// Writes `data` at `pos`; both are multiples of [`BLOCK_BYTES`].
+    async fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError>;
+    /// Reads up to `len` bytes at `pos`; fewer only at the end of the file.
+    async fn read_at(&self, pos: u64, len: usize) -> Result<Bytes, DiskError>;
+    /// fdatasync: every completed write becomes durable.
+    async fn sync(&self) -> Result<(), DiskError>;
+    /// Reserves space so the file is `len` bytes (fallocate); reads of the
+    /// new range return zeros.
+    async fn allocate(&self, len: u64) -> Result<(), DiskError>;
+    /// The file's size in bytes.
+    async fn size(&self) -> Result<u64, DiskError>;
+    /// The file's path, for messages.
+    fn path(&self) -> &Path;
+}
+
+/// The real disk: glommio `DmaFile`s (O_DIRECT through io_uring) on the
+/// shard's executor. Folder operations are rare (start-up, segment roll,
+/// checkpoint) and use the blocking std calls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DmaDisk;
+
+/// A [`DmaDisk`] file.
+#[derive(Debug)]
+pub struct DmaDiskFile {
+    file: glommio::io::DmaFile,
+    path: PathBuf,
+}
+
+fn glommio_err(op: &'static str, path: &Path, e: glommio::GlommioError<()>) -> DiskError {
+    DiskError::new(op, path, io::Error::from(e))
+}
+
+thread_local! {
+    /// Devices (st_dev) whose io_uring poll support glommio has probed on this thread.
+    static PROBED_DEVICES: RefCell<BTreeSet<u64>> = const { RefCell::new(BTreeSet::new()) };
+}
+
+/// glommio decides once per device whether reads may use the io_uring poll
+/// ring, by reading the first DMA file opened there. On an empty file that
+/// read "succeeds" (EOF) even where polling is unsupported, and every later
+/// read then fails with EOPNOTSUPP. So before the first open on a device we
+/// open a one-block file of real data, and glommio's probe gets a true answer.
+async fn prime_iopoll_probe(dir: &Path) -> Result<(), DiskError> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir)
+        .map_err(|e| DiskError::new("stat", dir, e))?
+        .dev();
+    if PROBED_DEVICES.with(|p| p.borrow().contains(&dev)) {
+        return Ok(());
+    }
+    let probe = dir.join(".ringmq-iopoll-probe");
+    std::fs::write(&probe, vec![0xa5u8; BLOCK_BYTES as usize])
+        .map_err(|e| DiskError::new("write", &probe, e))?;
+    let opened = glommio::io::DmaFile::open(&probe).await;
+    let _ = std::fs::remove_file(&probe);
+    let file = opened.map_err(|e| glommio_err("open", &probe, e))?;
+    let _ = file.close().await;
+    PROBED_DEVICES.with(|p| p.borrow_mut().insert(dev));
+    Ok(())
+}
+
+impl Disk for DmaDisk {
+    type File = DmaDiskFile;
+
+    async fn open(&self, path: &Path, create: bool) -> Result<DmaDiskFile, DiskError> {
+        prime_iopoll_probe(path.parent().unwrap_or(Path::new("."))).await?;
+        let file = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .dma_open(path)
+            .await
+            .map_err(|e| glommio_err("open", path, e))?;
+        Ok(DmaDiskFile {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    async fn remove(&self, path: &Path) -> Result<(), DiskError> {
+        std::fs::remove_file(path).map_err(|e| DiskError::new("remove", path, e))
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError> {
+        std::fs::rename(from, to).map_err(|e| DiskError::new("rename", from, e))
+    }
+
+    async fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
+        std::fs::create_dir_all(dir).map_err(|e| DiskError::new("create folder", dir, e))
+    }
+
+    async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| DiskError::new("list", dir, e))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| DiskError::new("list", dir, e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| DiskError::new("fsync folder", dir, e))
+    }
+}
+
+impl DiskFile for DmaDiskFile {
+    async fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
+        let mut buf = self.file.alloc_dma_buffer(data.len());
+        buf.as_bytes_mut().copy_from_slice(data);
+        let written = self
+            .file
+            .write_at(buf, pos)
+            .await
+            .map_err(|e| glommio_err("write", &self.path, e))?;
+        if written != data.len() {
+            let e = io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {}", data.len()),
+            );
+            return Err(DiskError::new("write", &self.path, e));
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> Result<Bytes, DiskError> {
+        let read = self
+            .file
+            .read_at(pos, len)
+            .await
+            .map_err(|e| glommio_err("read", &self.path, e))?;
+        Ok(Bytes::copy_from_slice(&read))
+    }
+
+    async fn sync(&self) -> Result<(), DiskError> {
+        self.file
+            .fdatasync()
+            .await
+            .map_err(|e| glommio_err("fdatasync", &self.path, e))
+    }
+
+    async fn allocate(&self, len: u64) -> Result<(), DiskError> {
+        self.file
+            .pre_allocate(len, false)
+            .await
+            .map_err(|e| glommio_err("fallocate", &self.path, e))
+    }
+
+    async fn size(&self) -> Result<u64, DiskError> {
+        self.file
+            .file_size()
+            .await
+            .map_err(|e| glommio_err("stat", &self.path, e))
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Operations a [`MemDisk`] fault can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiskOp {
+    /// `open`.
+    Open,
+    /// `write_at`.
+    Write,
+    /// `read_at`.
+    Read,
+    /// `sync`.
+    Sync,
+    /// `allocate`.
+    Allocate,
+    /// `remove`.
+    Remove,
+    /// `rename`.
+    Rename,
+}
+
+#[derive(Debug, Clone)]
+struct Fault {
+    op: DiskOp,
+    skip: u64,
+    errno: i32,
+}
+
+#[derive(Debug, Default)]
+struct MemFile {
+    /// What reads see.
+    data: Vec<u8>,
+    /// What survives a crash.
+    durable: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct MemFs {
+    files: BTreeMap<PathBuf, Rc<RefCell<MemFile>>>,
+    dirs: BTreeSet<PathBuf>,
+    faults: Vec<Fault>,
+    capacity_bytes: Option<u64>,
+    /// The last write not yet covered by a sync: (file, position, bytes).
+    last_write: Option<(Rc<RefCell<MemFile>>, u64, Vec<u8>)>,
+}
+
+impl MemFs {
+    fn check(&mut self, op: DiskOp, path: &Path) -> Result<(), DiskError> {
+        let hit = self.faults.iter().position(|f| f.op == op);
+        if let Some(i) = hit {
+            if self.faults[i].skip == 0 {
+                let fault = self.faults.remove(i);
+                let op_name = match op {
+                    DiskOp::Open => "open",
+                    DiskOp::Write => "write",
+                    DiskOp::Read => "read",
+                    DiskOp::Sync => "fdatasync",
+                    DiskOp::Allocate => "fallocate",
+                    DiskOp::Remove => "remove",
+                    DiskOp::Rename => "rename",
+                };
+                return Err(DiskError::new(
+                    op_name,
+                    path,
+                    io::Error::from_raw_os_error(fault.errno),
+                ));
+            }
+            self.faults[i].skip -= 1;
+        }
+        Ok(())
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.files
+            .values()
+            .map(|f| f.borrow().data.len() as u64)
+            .sum()
+    }
+
+    fn ensure_room(&self, growth: u64, op: &'static str, path: &Path) -> Result<(), DiskError> {
+        match self.capacity_bytes {
+            Some(cap) if self.used_bytes() + growth > cap => Err(DiskError::new(
+                op,
+                path,
+                io::Error::from_raw_os_error(libc::ENOSPC),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// An in-memory disk for tests: faults on demand, a capacity, and crashes
+/// that keep only synced bytes (optionally plus a torn prefix of the last
+/// write). Folder operations are durable at once.
+#[derive(Debug, Clone, Default)]
+pub struct MemDisk {
+    fs: Rc<RefCell<MemFs>>,
+}
+
+/// A [`MemDisk`] file.
+#[derive(Debug)]
+pub struct MemDiskFile {
+    fs: Rc<RefCell<MemFs>>,
+    file: Rc<RefCell<MemFile>>,
+    path: PathBuf,
+}
+
+impl MemDisk {
+    /// An empty disk with no capacity limit.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the `skip + 1`-th next `op` fail with `errno` (once).
+    pub fn fail(&self, op: DiskOp, skip: u64, errno: i32) {
+        self.fs.borrow_mut().faults.push(Fault { op, skip, errno });
+    }
+
+    /// Limits the bytes all files may hold together (ENOSPC beyond).
+    pub fn set_capacity(&self, capacity_bytes: Option<u64>) {
+        self.fs.borrow_mut().capacity_bytes = capacity_bytes;
+    }
+
+    /// Simulates power loss: every file goes back to its last synced
+    /// contents. With `torn_blocks = Some(n)`, the first `n` blocks of the
+    /// last unsynced write survive as well, as a device may persist part of
+    /// a write. Faults are cleared. Open handles keep working on the new
+    /// contents (reopen after a crash, as a restarted process would).
+    pub fn crash(&self, torn_blocks: Option<usize>) {
+        let mut fs = self.fs.borrow_mut();
+        let torn = fs.last_write.take();
+        for file in fs.files.values() {
+            let mut f = file.borrow_mut();
+            f.data = f.durable.clone();
+        }
+        if let (Some(n), Some((file, pos, bytes))) = (torn_blocks, torn) {
+            let keep = (n * BLOCK_BYTES as usize).min(bytes.len());
+            let mut f = file.borrow_mut();
+            write_into(&mut f.data, pos, &bytes[..keep]);
+            f.durable = f.data.clone();
+        }
+        fs.faults.clear();
+    }
+
+    /// Overwrites bytes of a file directly, bypassing everything (for
+    /// corruption tests). The change is durable.
+    pub fn corrupt(&self, path: &Path, pos: u64, bytes: &[u8]) {
+        if let Some(file) = self.fs.borrow().files.get(path) {
+            let mut f = file.borrow_mut();
+            write_into(&mut f.data, pos, bytes);
+            write_into(&mut f.durable, pos, bytes);
+        }
+    }
+
+    /// Paths of all files, sorted.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.fs.borrow().files.keys().cloned().collect()
+    }
+
+    /// A file's current contents.
+    pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
+        self.fs
+            .borrow()
+            .files
+            .get(path)
+            .map(|f| f.borrow().data.clone())
+    }
+}
+
+fn write_into(data: &mut Vec<u8>, pos: u64, bytes: &[u8]) {
+    let pos = pos as usize;
+    if data.len() < pos + bytes.len() {
+        data.resize(pos + bytes.len(), 0);
+    }
+    data[pos..pos + bytes.len()].copy_from_slice(bytes);
+}
+
+fn not_found(op: &'static str, path: &Path) -> DiskError {
+    DiskError::new(op, path, io::Error::from(io::ErrorKind::NotFound))
+}
+
+impl Disk for MemDisk {
+    type File = MemDiskFile;
+
+    async fn open(&self, path: &Path, create: bool) -> Result<MemDiskFile, DiskError> {
+        let mut fs = self.fs.borrow_mut();
+        fs.check(DiskOp::Open, path)?;
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if !fs.dirs.contains(parent) {
+            return Err(not_found("open", path));
+        }
+        let file = match fs.files.get(path) {
+            Some(f) => f.clone(),
+            None if create => {
+                let f = Rc::new(RefCell::new(MemFile::default()));
+                fs.files.insert(path.to_owned(), f.clone());
+                f
+            }
+            None => return Err(not_found("open", path)),
+        };
+        Ok(MemDiskFile {
+            fs: self.fs.clone(),
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    async fn remove(&self, path: &Path) -> Result<(), DiskError> {
+        let mut fs = self.fs.borrow_mut();
+        fs.check(DiskOp::Remove, path)?;
+        fs.files
+            .remove(path)
+            .map(drop)
+            .ok_or_else(|| not_found("remove", path))
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError> {
+        let mut fs = self.fs.borrow_mut();
+        fs.check(DiskOp::Rename, from)?;
+        let file = fs
+            .files
+            .remove(from)
+            .ok_or_else(|| not_found("rename", from))?;
+        fs.files.insert(to.to_owned(), file);
+        Ok(())
+    }
+
+    async fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
+        let mut fs = self.fs.borrow_mut();
+        for ancestor in dir.ancestors() {
+            fs.dirs.insert(ancestor.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
+        let fs = self.fs.borrow();
+        if !fs.dirs.contains(dir) {
+            return Err(not_found("list", dir));
+        }
+        let mut names: Vec<String> = fs
+            .files
+            .keys()
+            .chain(fs.dirs.iter())
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    async fn sync_dir(&self, _dir: &Path) -> Result<(), DiskError> {
+        Ok(())
+    }
+}
+
+impl DiskFile for MemDiskFile {
+    async fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
+        debug_assert_eq!(pos % BLOCK_BYTES, 0, "unaligned write position");
+        debug_assert_eq!(data.len() as u64 % BLOCK_BYTES, 0, "unaligned write length");
+        let mut fs = self.fs.borrow_mut();
+        fs.check(DiskOp::Write, &self.path)?;
+        let len = self.file.borrow().data.len() as u64;
+        fs.ensure_room(
+            (pos + data.len() as u64).saturating_sub(len),
+            "write",
+            &self.path,
+        )?;
+        write_into(&mut self.file.borrow_mut().data, pos, data);
+        fs.last_write = Some((self.file.clone(), pos, data.to_vec()));
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> Result<Bytes, DiskError> {
+        self.fs.borrow_mut().check(DiskOp::Read, &self.path)?;
+        let f = self.file.borrow();
+        let from = (pos as usize).min(f.data.len());
+        let to = (from + len).min(f.data.len());
+        Ok(Bytes::copy_from_slice(&f.data[from..to]))
+    }
+
+    async fn sync(&self) -> Result<(), DiskError> {
+        let mut fs = self.fs.borrow_mut();
+        fs.check(DiskOp::Sync, &self.path)?;
+        let mut f = self.file.borrow_mut();
+        f.durable = f.data.clone();
+        if fs
+            .last_write
+            .as_ref()
+            .is_some_and(|(w, _, _)| Rc::ptr_eq(w, &self.file))
+        {
+            fs.last_write = None;
+        }
+        Ok(())
+    }
+
+    async fn allocate(&self, len: u64) -> Result<(), DiskError> {
+        let mut fs = self.fs.borrow_mut();
+        fs.check(DiskOp::Allocate, &self.path)?;
+        let cur = self.file.borrow().data.len() as u64;
+        if len > cur {
+            fs.ensure_room(len - cur, "fallocate", &self.path)?;
+            let mut f = self.file.borrow_mut();
+            f.data.resize(len as usize, 0);
+            // The size change is metadata; treat it as durable at once.
+            if f.durable.len() < len as usize {
+                f.durable.resize(len as usize, 0);
+            }
+        }
+        Ok(())
+    }
+
+    async fn size(&self) -> Result<u64, DiskError> {
+        Ok(self.file.borrow().data.len() as u64)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,787 @@
+//! The per-shard storage engine: commit log, queue indexes, consumer
+//! offsets, checkpoints and recovery. One [`Store`] per shard, driven by that
+//! shard's glommio executor; nothing in it is shared across threads.
+//!
+//! # Layout
+//! - [`disk`]: the [`Disk`] trait, glommio [`DmaDisk`], and the fault-injecting [`MemDisk`].
+//! - `aligned`: block-aligned appends that rewrite the partial last block.
+//! - `commit_log`: log entry format, segments, placement of appends.
+//! - `queue_index`: per-queue fixed-size index entries and their files.
+//! - `tail_cache`: the newest log bytes, in memory, for tailing reads.
+//! - `flusher`: the task that writes, syncs and acknowledges (group commit),
+//!   flushes index blocks and takes checkpoints.
+//! - `checkpoint`: atomic metadata files: checkpoint and queue table.
+//! - `recovery`: opening a store: load the checkpoint, scan the log after
+//!   it, cut a torn or corrupt tail, rebuild index entries.
+//!
+//! # Data layout
+//! ```text
+//! <dir>/commitlog/<first-position:020>.log   segments (commit_log.rs)
+//! <dir>/index/<qnum:08>/<first-offset:020>.idx
+//! <dir>/queues       queue table: (topic, queue id) -> qnum
+//! <dir>/checkpoint   log position, per-queue offsets, consumer offsets
+//! ```
+//!
+//! # Appends
+//! An append is validated (crc, structure), then placed without awaiting:
+//! it gets its offsets, is stamped and copied into the pending buffer, and
+//! its index entries are queued. Then it waits. The flusher writes
+//! everything pending in one aligned write per segment, and acknowledges
+//! all waiters at once: after the write in `async` mode, after one
+//! fdatasync in `sync` mode (group commit).
+
+mod aligned;
+mod checkpoint;
+mod commit_log;
+pub mod disk;
+mod flusher;
+mod queue_index;
+mod recovery;
+mod tail_cache;
+
+pub use disk::{Disk, DiskError, DiskFile, DiskOp, DmaDisk, MemDisk};
+pub use ringmq_core::FlushMode;
+
+use bytes::Bytes;
+use checkpoint::QueueRow;
+use commit_log::{entry_check, LogState, Waiter, ENTRY_PREFIX_BYTES};
+use futures::channel::oneshot;
+use queue_index::{BlockCache, IndexEntry, INDEX_ENTRY_BYTES};
+use ringmq_core::batch::{self, BatchError, BATCH_HEADER_BYTES};
+use ringmq_core::{Batch, GroupName, QueueId, TopicName};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use tail_cache::TailCache;
+
+/// Everything a store is configured with.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The shard's data folder.
+    pub dir: PathBuf,
+    /// Size of each commit-log segment file.
+    pub segment_bytes: u64,
+    /// When appends are acknowledged.
+    pub flush: FlushMode,
+    /// `async` mode: fdatasync at least this often while there are unsynced writes.
+    pub flush_interval_ms: u64,
+    /// `async` mode: or as soon as this many bytes are unsynced.
+    pub flush_bytes: u64,
+    /// Appends wait while this many bytes are placed but unacknowledged.
+    pub max_pending_bytes: usize,
+    /// Index entries per index file (a multiple of 256).
+    pub index_entries_per_file: u64,
+    /// How often index files are brought up to date and a checkpoint taken;
+    /// bounds the log a crash recovery must scan.
+    pub checkpoint_interval_ms: u64,
+    /// Newest log bytes kept in memory for tailing reads.
+    pub tail_cache_bytes: usize,
+    /// Index blocks (4 KiB) cached for reads behind the tail.
+    pub index_cache_blocks: usize,
+    /// Store time source (ms since the Unix epoch); a test can drive it.
+    pub now_ms: fn() -> i64,
+}
+
+fn system_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl StoreConfig {
+    /// Defaults for a production shard storing in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_bytes: 1 << 30,
+            flush: FlushMode::Async,
+            flush_interval_ms: 100,
+            flush_bytes: 16 << 20,
+            // Enough for several flush rounds of full-speed appends, small
+            // against a shard's memory budget.
+            max_pending_bytes: 64 << 20,
+            // 16 MiB index files: one per million records.
+            index_entries_per_file: 1 << 20,
+            checkpoint_interval_ms: 5_000,
+            tail_cache_bytes: 64 << 20,
+            // 4 MiB of index blocks.
+            index_cache_blocks: 1024,
+            now_ms: system_now_ms,
+        }
+    }
+
+    fn validate(&self) -> Result<(), StoreError> {
+        let bad = |m: &str| Err(StoreError::Config(m.to_owned()));
+        if self.segment_bytes < 64 * 1024 || !self.segment_bytes.is_multiple_of(disk::BLOCK_BYTES) {
+            return bad("segment_bytes must be a multiple of 4096 and at least 64 KiB");
+        }
+        if self.index_entries_per_file == 0
+            || !self
+                .index_entries_per_file
+                .is_multiple_of(queue_index::ENTRIES_PER_BLOCK)
+        {
+            return bad("index_entries_per_file must be a positive multiple of 256");
+        }
+        if self.max_pending_bytes == 0 {
+            return bad("max_pending_bytes must be positive");
+        }
+        Ok(())
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.dir.join("commitlog")
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A write or fsync failed earlier: nothing more is accepted.
+    #[error("store refuses writes after an earlier failure ({0}); restart the shard")]
+    Poisoned(String),
+    /// No room on disk for the next segment; nothing acknowledged is lost.
+    #[error("disk full: {0}")]
+    DiskFull(#[source] DiskError),
+    /// An I/O error, with operation and file.
+    #[error(transparent)]
+    Io(#[from] DiskError),
+    /// The batch failed its crc or structure check; it was not stored.
+    #[error("invalid batch: {0}")]
+    Batch(#[from] BatchError),
+    /// The batch's queue id is not the queue it was appended to.
+    #[error("batch is for queue {found} but was appended to queue {expected}")]
+    QueueMismatch {
+        /// The queue appended to.
+        expected: QueueId,
+        /// The batch header's queue.
+        found: QueueId,
+    },
+    /// The batch cannot fit in a segment.
+    #[error("batch of {len} bytes exceeds the limit of {max}")]
+    BatchTooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No queue with that number.
+    #[error("unknown queue number {0}")]
+    UnknownQueue(u32),
+    /// The offset was deleted by retention (or never existed below it).
+    #[error("offset {offset} is below the earliest stored offset {earliest}")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        offset: u64,
+        /// The earliest still stored.
+        earliest: u64,
+    },
+    /// Stored bytes failed their check on read; they are not served.
+    #[error("log entry at position {position} is damaged: {reason}")]
+    Corrupt {
+        /// Log position of the entry.
+        position: u64,
+        /// What failed.
+        reason: String,
+    },
+    /// A metadata file failed its check.
+    #[error("metadata file {} is damaged: {reason}", path.display())]
+    CorruptMeta {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The store was closed.
+    #[error("store is closed")]
+    Closed,
+    /// The configuration is invalid.
+    #[error("invalid store config: {0}")]
+    Config(String),
+    /// A bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A shard-local queue number, assigned when the queue is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueNum(pub u32);
+
+/// An acknowledged append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the batch's first record.
+    pub base_offset: u64,
+    /// Records stored.
+    pub record_count: u32,
+    /// The store time stamped into the batch.
+    pub store_timestamp_ms: i64,
+}
+
+/// The answer to a fetch.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// Whole stored batches, in offset order; the first holds the fetch offset.
+    pub batches: Vec<Bytes>,
+    /// Where to fetch next.
+    pub next_offset: u64,
+    /// The earliest stored offset.
+    pub min_offset: u64,
+    /// The offset the next acknowledged record will get.
+    pub max_offset: u64,
+}
+
+#[derive(Debug)]
+struct QueueState {
+    topic: TopicName,
+    queue_id: QueueId,
+    /// Next offset to assign.
+    next_offset: u64,
+    /// Offsets below this are acknowledged and may be read.
+    visible_next: u64,
+    min_offset: u64,
+    /// Offset of the first entry in `index_pending`.
+    index_pending_from: u64,
+    /// Encoded index entries not yet on disk.
+    index_pending: Vec<u8>,
+}
+
+struct State<F> {
+    poisoned: Option<String>,
+    closing: bool,
+    queues: Vec<QueueState>,
+    by_name: HashMap<(TopicName, QueueId), QueueNum>,
+    log: LogState<F>,
+    offsets: BTreeMap<(GroupName, u32), u64>,
+    tail: TailCache,
+    index_cache: BlockCache,
+    index_files: HashMap<(u32, u64), Rc<F>>,
+}
+
+impl<F> State<F> {
+    fn queue(&self, q: QueueNum) -> Result<&QueueState, StoreError> {
+        q.0.checked_sub(1)
+            .and_then(|i| self.queues.get(i as usize))
+            .ok_or(StoreError::UnknownQueue(q.0))
+    }
+
+    fn queue_mut(&mut self, q: QueueNum) -> Result<&mut QueueState, StoreError> {
+        q.0.checked_sub(1)
+            .and_then(|i| self.queues.get_mut(i as usize))
+            .ok_or(StoreError::UnknownQueue(q.0))
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        if let Some(cause) = &self.poisoned {
+            return Err(StoreError::Poisoned(cause.clone()));
+        }
+        if self.closing {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+}
+
+struct Inner<D: Disk> {
+    disk: D,
+    cfg: StoreConfig,
+    state: RefCell<State<D::File>>,
+    wake: glommio::channels::local_channel::LocalSender<()>,
+    /// Bytes placed but not acknowledged: the append path's backpressure.
+    pending_room: glommio::sync::Semaphore,
+    /// Serializes queue-table rewrites and segment preparation.
+    meta_lock: futures::lock::Mutex<()>,
+    roll_lock: futures::lock::Mutex<()>,
+    flusher: RefCell<Option<glommio::Task<()>>>,
+    recovery: RecoveryReport,
+}
+
+/// What the last open found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The checkpoint said the previous run shut down cleanly.
+    pub clean_shutdown: bool,
+    /// Log bytes scanned after the checkpoint.
+    pub scanned_bytes: u64,
+    /// Where the log was cut, and why (torn or damaged entry).
+    pub cut: Option<(u64, String)>,
+    /// The log's end after recovery.
+    pub end_position: u64,
+}
+
+/// One shard's storage engine. Cheap to clone (a handle).
+pub struct Store<D: Disk> {
+    inner: Rc<Inner<D>>,
+}
+
+impl<D: Disk> Clone for Store<D> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<D: Disk> std::fmt::Debug for Store<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.cfg.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Disk> Store<D> {
+    /// Opens (or creates) the store in `cfg.dir`, recovering after a crash.
+    /// Must run inside a glommio executor: it spawns the flusher.
+    pub async fn open(disk: D, cfg: StoreConfig) -> Result<Self, StoreError> {
+        cfg.validate()?;
+        recovery::open(disk, cfg).await
+    }
+
+    /// The queue number of (topic, queue), if it exists.
+    pub fn queue(&self, topic: &TopicName, queue_id: QueueId) -> Option<QueueNum> {
+        self.inner
+            .state
+            .borrow()
+            .by_name
+            .get(&(topic.clone(), queue_id))
+            .copied()
+    }
+
+    /// Returns the queue's number, creating the queue (durably) if needed.
+    pub async fn create_queue(
+        &self,
+        topic: &TopicName,
+        queue_id: QueueId,
+    ) -> Result<QueueNum, StoreError> {
+        if let Some(q) = self.queue(topic, queue_id) {
+            return Ok(q);
+        }
+        let _guard = self.inner.meta_lock.lock().await;
+        if let Some(q) = self.queue(topic, queue_id) {
+            return Ok(q);
+        }
+        let (qnum, rows) = {
+            let st = self.inner.state.borrow();
+            st.writable()?;
+            let qnum = st.queues.len() as u32 + 1;
+            let mut rows = table_rows(&st);
+            rows.push(QueueRow {
+                qnum,
+                topic: topic.to_string(),
+                queue_id: queue_id.0,
+            });
+            (qnum, rows)
+        };
+        // Durable before the first append can name this qnum in the log.
+        checkpoint::write_meta(
+            &self.inner.disk,
+            &self.inner.cfg.dir,
+            checkpoint::QUEUE_TABLE_FILE,
+            &rows,
+        )
+        .await?;
+        let mut st = self.inner.state.borrow_mut();
+        st.queues.push(QueueState::new(topic.clone(), queue_id, 0));
+        st.by_name.insert((topic.clone(), queue_id), QueueNum(qnum));
+        Ok(QueueNum(qnum))
+    }
+
+    /// Appends one record batch to queue `q` and waits until it is
+    /// acknowledged per the flush mode. The batch's crc and structure are
+    /// checked first: a bad batch never reaches the disk.
+    pub async fn append(&self, q: QueueNum, batch: Bytes) -> Result<Appended, StoreError> {
+        let batch = Batch::parse_validated(batch)?;
+        let entry_len = ENTRY_PREFIX_BYTES + batch.bytes().len();
+        let max = self.inner.cfg.segment_bytes as usize;
+        if entry_len > max {
+            return Err(StoreError::BatchTooLarge {
+                len: batch.bytes().len(),
+                max: max - ENTRY_PREFIX_BYTES,
+            });
+        }
+        let units = entry_len.min(self.inner.cfg.max_pending_bytes) as u64;
+        let _room = self
+            .inner
+            .pending_room
+            .acquire_permit(units)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let (rx, appended) = loop {
+            {
+                let mut st = self.inner.state.borrow_mut();
+                st.writable()?;
+                let expected = st.queue(q)?.queue_id;
+                if batch.header().queue_id != expected {
+                    return Err(StoreError::QueueMismatch {
+                        expected,
+                        found: batch.header().queue_id,
+                    });
+                }
+                if st.log.fits(entry_len) {
+                    break place(&mut st, q, &batch, (self.inner.cfg.now_ms)())?;
+                }
+                if let Some((start, file)) = st.log.next_segment.take() {
+                    st.log.roll(start, file);
+                    drop(st);
+                    self.spawn_prepare_next();
+                    continue;
+                }
+            }
+            self.prepare_next_segment().await?;
+        };
+        // A full channel means the flusher is already woken.
+        let _ = self.inner.wake.try_send(());
+        match rx.await {
+            Ok(Ok(())) => Ok(appended),
+            Ok(Err(e)) => Err(e),
+            Err(oneshot::Canceled) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Reads whole batches of queue `q` from `offset`, up to about
+    /// `max_bytes` (at least one batch if any is there). Only acknowledged
+    /// records are visible. Every batch's crc is checked again after the
+    /// read: damaged bytes are reported, never returned.
+    pub async fn fetch(
+        &self,
+        q: QueueNum,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Fetched, StoreError> {
+        let (min_offset, visible) = {
+            let st = self.inner.state.borrow();
+            let qs = st.queue(q)?;
+            (qs.min_offset, qs.visible_next)
+        };
+        if offset < min_offset {
+            return Err(StoreError::OffsetOutOfRange {
+                offset,
+                earliest: min_offset,
+            });
+        }
+        let mut out = Fetched {
+            next_offset: offset.min(visible),
+            min_offset,
+            max_offset: visible,
+            ..Default::default()
+        };
+        let mut bytes = 0;
+        while out.next_offset < visible && (out.batches.is_empty() || bytes < max_bytes) {
+            let entry = self.index_entry(q, out.next_offset).await?;
+            let batch = self.read_entry(q, entry).await?;
+            let header = batch::BatchHeader::peek(&batch)?;
+            if !(header.base_offset..header.next_offset()).contains(&out.next_offset) {
+                return Err(StoreError::Corrupt {
+                    position: entry.position,
+                    reason: format!(
+                        "index points at offsets {}..{} for offset {}",
+                        header.base_offset,
+                        header.next_offset(),
+                        out.next_offset
+                    ),
+                });
+            }
+            out.next_offset = header.next_offset();
+            bytes += batch.len();
+            out.batches.push(batch);
+        }
+        Ok(out)
+    }
+
+    /// The earliest stored offset and the next offset of queue `q`.
+    pub fn offsets(&self, q: QueueNum) -> Result<(u64, u64), StoreError> {
+        let st = self.inner.state.borrow();
+        let qs = st.queue(q)?;
+        Ok((qs.min_offset, qs.visible_next))
+    }
+
+    /// Records a consumer group's offset; durable at the next checkpoint
+    /// (at most `checkpoint_interval_ms` later) and at a clean shutdown.
+    pub fn commit_offset(
+        &self,
+        group: &GroupName,
+        q: QueueNum,
+        offset: u64,
+    ) -> Result<(), StoreError> {
+        let mut st = self.inner.state.borrow_mut();
+        st.queue(q)?;
+        st.offsets.insert((group.clone(), q.0), offset);
+        Ok(())
+    }
+
+    /// A consumer group's committed offset.
+    pub fn committed_offset(
+        &self,
+        group: &GroupName,
+        q: QueueNum,
+    ) -> Result<Option<u64>, StoreError> {
+        let st = self.inner.state.borrow();
+        st.queue(q)?;
+        Ok(st.offsets.get(&(group.clone(), q.0)).copied())
+    }
+
+    /// Stops accepting appends, writes and syncs everything pending, brings
+    /// the index files up to date and writes a clean checkpoint, so the next
+    /// open does not rescan.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.state.borrow_mut().closing = true;
+        let _ = self.inner.wake.try_send(());
+        let task = self.inner.flusher.borrow_mut().take();
+        if let Some(task) = task {
+            task.await;
+        }
+        self.inner.pending_room.close();
+        match self.inner.state.borrow().poisoned.clone() {
+            Some(cause) => Err(StoreError::Poisoned(cause)),
+            None => Ok(()),
+        }
+    }
+
+    /// What the last open found.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// Bytes held by the tail cache (for status and memory tests).
+    pub fn tail_cache_bytes(&self) -> usize {
+        self.inner.state.borrow().tail.bytes()
+    }
+
+    fn spawn_prepare_next(&self) {
+        let store = self.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = store.prepare_next_segment().await {
+                tracing::warn!(error = %e, "preparing the next log segment failed; appends will retry");
+            }
+        })
+        .detach();
+    }
+
+    /// Creates and allocates the segment after the active one, unless done.
+    async fn prepare_next_segment(&self) -> Result<(), StoreError> {
+        let _guard = self.inner.roll_lock.lock().await;
+        let start = {
+            let st = self.inner.state.borrow();
+            st.writable()?;
+            if st.log.next_segment.is_some() {
+                return Ok(());
+            }
+            st.log.active_start + st.log.segment_bytes
+        };
+        let path = self
+            .inner
+            .cfg
+            .log_dir()
+            .join(commit_log::segment_name(start));
+        let file = self.inner.disk.open(&path, true).await?;
+        if let Err(e) = file.allocate(self.inner.cfg.segment_bytes).await {
+            // Leave no half-made segment behind for recovery to puzzle over.
+            let _ = self.inner.disk.remove(&path).await;
+            return Err(if e.is_no_space() {
+                StoreError::DiskFull(e)
+            } else {
+                StoreError::Io(e)
+            });
+        }
+        self.inner.disk.sync_dir(&self.inner.cfg.log_dir()).await?;
+        let mut st = self.inner.state.borrow_mut();
+        if st.log.next_segment.is_none() && st.log.active_start + st.log.segment_bytes == start {
+            st.log.next_segment = Some((start, Rc::new(file)));
+        }
+        Ok(())
+    }
+
+    async fn index_entry(&self, q: QueueNum, offset: u64) -> Result<IndexEntry, StoreError> {
+        let per_file = self.inner.cfg.index_entries_per_file;
+        let (file_no, in_file) = (offset / per_file, (offset % per_file) * INDEX_ENTRY_BYTES);
+        let block_no = offset / queue_index::ENTRIES_PER_BLOCK;
+        let in_block = (in_file % disk::BLOCK_BYTES) as usize;
+        let cached = {
+            let st = self.inner.state.borrow();
+            let qs = st.queue(q)?;
+            if offset >= qs.index_pending_from {
+                let at = ((offset - qs.index_pending_from) * INDEX_ENTRY_BYTES) as usize;
+                return qs
+                    .index_pending
+                    .get(at..)
+                    .and_then(IndexEntry::decode)
+                    .ok_or_else(|| {
+                        StoreError::Internal(format!(
+                            "offset {offset} beyond queue {}'s index",
+                            q.0
+                        ))
+                    });
+            }
+            st.index_cache.get(q.0, block_no)
+        };
+        let block = match cached {
+            Some(block) => block,
+            None => {
+                let file = self.index_file(q.0, file_no).await?;
+                let block = file
+                    .read_at(disk::align_down(in_file), disk::BLOCK_BYTES as usize)
+                    .await?;
+                let mut st = self.inner.state.borrow_mut();
+                let whole_block_on_disk = (block_no + 1) * queue_index::ENTRIES_PER_BLOCK
+                    <= st.queue(q)?.index_pending_from;
+                if whole_block_on_disk && block.len() == disk::BLOCK_BYTES as usize {
+                    st.index_cache.insert(q.0, block_no, block.clone());
+                }
+                block
+            }
+        };
+        block
+            .get(in_block..)
+            .and_then(IndexEntry::decode)
+            .ok_or_else(|| StoreError::Corrupt {
+                position: 0,
+                reason: format!(
+                    "index entry for offset {offset} of queue {} is missing",
+                    q.0
+                ),
+            })
+    }
+
+    async fn index_file(&self, qnum: u32, file_no: u64) -> Result<Rc<D::File>, StoreError> {
+        if let Some(f) = self.inner.state.borrow().index_files.get(&(qnum, file_no)) {
+            return Ok(f.clone());
+        }
+        let path = queue_index::index_path(
+            &self.inner.cfg.dir,
+            qnum,
+            file_no,
+            self.inner.cfg.index_entries_per_file,
+        );
+        let file = Rc::new(self.inner.disk.open(&path, false).await?);
+        self.inner
+            .state
+            .borrow_mut()
+            .index_files
+            .insert((qnum, file_no), file.clone());
+        Ok(file)
+    }
+
+    /// Reads a log entry (tail cache first, else its segment) and checks it
+    /// again: prefix, queue, batch crc. Returns the batch's bytes.
+    async fn read_entry(&self, q: QueueNum, entry: IndexEntry) -> Result<Bytes, StoreError> {
+        let len = entry.entry_len as usize;
+        let on_disk = {
+            let st = self.inner.state.borrow();
+            match st.tail.get(entry.position, len) {
+                Some(bytes) => return check_entry(q.0, entry.position, bytes),
+                None => st
+                    .log
+                    .segment_for(entry.position)
+                    .map(|(start, f)| (entry.position - start, f.clone())),
+            }
+        };
+        let Some((at, file)) = on_disk else {
+            return Err(StoreError::Corrupt {
+                position: entry.position,
+                reason: "no segment holds this position".into(),
+            });
+        };
+        check_entry(q.0, entry.position, file.read_at(at, len).await?)
+    }
+}
+
+/// Checks a log entry read back from cache or disk; returns its batch bytes.
+fn check_entry(qnum: u32, position: u64, entry: Bytes) -> Result<Bytes, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    if entry.len() < ENTRY_PREFIX_BYTES + BATCH_HEADER_BYTES {
+        return Err(corrupt(format!("short read: {} bytes", entry.len())));
+    }
+    let found_q = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+    let check = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+    let batch = entry.slice(ENTRY_PREFIX_BYTES..);
+    let verified = batch::verify(&batch).map_err(|e| corrupt(e.to_string()))?;
+    if found_q != qnum || check != entry_check(found_q, verified.header.crc) {
+        return Err(corrupt(format!(
+            "entry belongs to queue {found_q}, expected {qnum}"
+        )));
+    }
+    if verified.header.length as usize != batch.len() {
+        return Err(corrupt("batch length differs from the index".into()));
+    }
+    Ok(batch)
+}
+
+impl QueueState {
+    fn new(topic: TopicName, queue_id: QueueId, next_offset: u64) -> Self {
+        Self {
+            topic,
+            queue_id,
+            next_offset,
+            visible_next: next_offset,
+            min_offset: 0,
+            index_pending_from: next_offset,
+            index_pending: Vec::new(),
+        }
+    }
+}
+
+fn table_rows<F>(st: &State<F>) -> Vec<QueueRow> {
+    st.queues
+        .iter()
+        .enumerate()
+        .map(|(i, q)| QueueRow {
+            qnum: i as u32 + 1,
+            topic: q.topic.to_string(),
+            queue_id: q.queue_id.0,
+        })
+        .collect()
+}
+
+type AckReceiver = oneshot::Receiver<Result<(), StoreError>>;
+
+/// Places a validated batch at the end of the log: offsets, stamp, bytes,
+/// index entries and a waiter. No awaiting, so per-queue order is append order.
+fn place<F: DiskFile>(
+    st: &mut State<F>,
+    q: QueueNum,
+    batch: &Batch,
+    now_ms: i64,
+) -> Result<(AckReceiver, Appended), StoreError> {
+    let count = batch.header().record_count;
+    let base_offset = st.queue(q)?.next_offset;
+    let entry_len = ENTRY_PREFIX_BYTES + batch.bytes().len();
+    let (buf, position) = st.log.reserve(entry_len);
+    let at = buf.len();
+    buf.extend_from_slice(&[0; ENTRY_PREFIX_BYTES]);
+    buf.extend_from_slice(batch.bytes());
+    let stored = &mut buf[at + ENTRY_PREFIX_BYTES..];
+    batch::stamp(stored, base_offset, now_ms, batch.tail_crc());
+    let crc = u32::from_le_bytes([stored[4], stored[5], stored[6], stored[7]]);
+    buf[at..at + 4].copy_from_slice(&q.0.to_le_bytes());
+    buf[at + 4..at + 8].copy_from_slice(&entry_check(q.0, crc).to_le_bytes());
+    let end_pos = st.log.end_pos;
+    let qs = st.queue_mut(q)?;
+    let entry = IndexEntry {
+        position,
+        entry_len: entry_len as u32,
+        tag_hash: 0,
+    }
+    .encode();
+    for _ in 0..count {
+        qs.index_pending.extend_from_slice(&entry);
+    }
+    qs.next_offset += u64::from(count);
+    let next_offset = qs.next_offset;
+    let (tx, rx) = oneshot::channel();
+    st.log.waiters.push_back(Waiter {
+        end_pos,
+        qnum: q.0,
+        next_offset,
+        tx: Some(tx),
+    });
+    Ok((
+        rx,
+        Appended {
+            base_offset,
+            record_count: count,
+            store_timestamp_ms: now_ms,
+        },
+    ))
+}

@@ -1,0 +1,374 @@
+//! Opening a store: load the queue table and the last checkpoint, scan the
+//! log after the checkpoint, verify every entry, cut at the first one that
+//! is torn, damaged or inconsistent, and rebuild the index entries of
+//! everything before the cut. After a clean shutdown the checkpoint is at
+//! the end of the log and the scan reads a single block.
+
+use super::checkpoint::{self, Checkpoint, QueueRow};
+use super::commit_log::{self, entry_check, LogState, ENTRY_PREFIX_BYTES};
+use super::disk::{align_down, Disk, DiskFile};
+use super::flusher::{self, flush_index, Flusher, IndexFlush};
+use super::queue_index::{BlockCache, IndexEntry, IndexWriters};
+use super::tail_cache::TailCache;
+use super::{Inner, QueueNum, QueueState, State, Store, StoreConfig, StoreError};
+use ringmq_core::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
+use ringmq_core::{GroupName, QueueId, TopicName};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Log bytes read per scan step: large sequential reads.
+const SCAN_READ_BYTES: usize = 1 << 20;
+/// Rebuilt index entries kept in memory during a scan before they are written.
+const SCAN_INDEX_FLUSH_BYTES: usize = 8 << 20;
+/// How often a long scan reports progress.
+const SCAN_PROGRESS_BYTES: u64 = 256 << 20;
+
+pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>, StoreError> {
+    let started = Instant::now();
+    disk.create_dir_all(&cfg.log_dir()).await?;
+    let rows: Vec<QueueRow> = checkpoint::read_meta(&disk, &cfg.dir, checkpoint::QUEUE_TABLE_FILE)
+        .await?
+        .unwrap_or_default();
+    let ckpt =
+        match checkpoint::read_meta::<D, Checkpoint>(&disk, &cfg.dir, checkpoint::CHECKPOINT_FILE)
+            .await
+        {
+            Ok(c) => c.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint unreadable; rescanning the whole log");
+                Checkpoint::default()
+            }
+        };
+    let state = RefCell::new(initial_state::<D>(&cfg, &rows, &ckpt)?);
+    let mut segments = BTreeMap::new();
+    for name in disk.list(&cfg.log_dir()).await? {
+        match commit_log::parse_segment_name(&name) {
+            Some(start) if start % cfg.segment_bytes == 0 => {
+                let file = disk.open(&cfg.log_dir().join(&name), false).await?;
+                segments.insert(start, Rc::new(file));
+            }
+            _ => {
+                tracing::warn!(file = %name, "ignoring a file that is not a log segment of this size")
+            }
+        }
+    }
+    let mut index = IndexWriters::new(disk.clone(), cfg.dir.clone(), cfg.index_entries_per_file);
+    let first = segments.keys().next().copied().unwrap_or(0);
+    let from = ckpt.log_position.max(first);
+    let scan = scan(&cfg, &segments, from, &state, &mut index).await?;
+    let active_start = scan.last_segment;
+    // Segments after the active one hold nothing we keep (a prepared empty
+    // segment, or data after a cut): remove them.
+    for (&start, _) in segments.range(active_start + 1..) {
+        let path = cfg.log_dir().join(commit_log::segment_name(start));
+        tracing::info!(segment = %path.display(), "removing log segment after the end of the log");
+        disk.remove(&path).await?;
+    }
+    segments.retain(|&start, _| start <= active_start);
+    if let std::collections::btree_map::Entry::Vacant(slot) = segments.entry(active_start) {
+        let path = cfg.log_dir().join(commit_log::segment_name(active_start));
+        let file = disk.open(&path, true).await?;
+        file.allocate(cfg.segment_bytes).await.map_err(|e| {
+            if e.is_no_space() {
+                StoreError::DiskFull(e)
+            } else {
+                StoreError::Io(e)
+            }
+        })?;
+        disk.sync_dir(&cfg.log_dir()).await?;
+        slot.insert(Rc::new(file));
+    }
+    {
+        let mut st = state.borrow_mut();
+        st.log = LogState::new(cfg.segment_bytes, active_start, scan.end_pos);
+        st.log.segments = segments;
+        for q in st.queues.iter_mut() {
+            q.visible_next = q.next_offset;
+        }
+    }
+    flush_index(&state, &mut index, IndexFlush::FullBlocks).await?;
+    tracing::info!(
+        dir = %cfg.dir.display(),
+        queues = rows.len(),
+        checkpoint_position = ckpt.log_position,
+        clean_shutdown = ckpt.clean,
+        scanned_bytes = scan.end_pos - from,
+        end_position = scan.end_pos,
+        cut = ?scan.cut,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store opened"
+    );
+    let (tx, rx) = glommio::channels::local_channel::new_bounded(1);
+    let inner = Rc::new(Inner {
+        pending_room: glommio::sync::Semaphore::new(cfg.max_pending_bytes as u64),
+        disk,
+        state,
+        wake: tx,
+        meta_lock: futures::lock::Mutex::new(()),
+        roll_lock: futures::lock::Mutex::new(()),
+        flusher: RefCell::new(None),
+        recovery: super::RecoveryReport {
+            clean_shutdown: ckpt.clean,
+            scanned_bytes: scan.end_pos - from,
+            cut: scan.cut.clone(),
+            end_position: scan.end_pos,
+        },
+        cfg,
+    });
+    let flusher = Flusher::new(Rc::downgrade(&inner), rx, index, scan.end_pos);
+    *inner.flusher.borrow_mut() = Some(glommio::spawn_local(flusher.run()));
+    let period = Duration::from_millis(
+        inner
+            .cfg
+            .flush_interval_ms
+            .min(inner.cfg.checkpoint_interval_ms)
+            .clamp(1, 100),
+    );
+    glommio::spawn_local(flusher::tick(Rc::downgrade(&inner), period)).detach();
+    let store = Store { inner };
+    store.spawn_prepare_next();
+    Ok(store)
+}
+
+fn align_down_to(v: u64, unit: u64) -> u64 {
+    v / unit * unit
+}
+
+fn initial_state<D: Disk>(
+    cfg: &StoreConfig,
+    rows: &[QueueRow],
+    ckpt: &Checkpoint,
+) -> Result<State<D::File>, StoreError> {
+    let mut queues = Vec::with_capacity(rows.len());
+    let mut by_name = HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        let bad = |reason: String| StoreError::CorruptMeta {
+            path: cfg.dir.join(checkpoint::QUEUE_TABLE_FILE),
+            reason,
+        };
+        if row.qnum as usize != i + 1 {
+            return Err(bad(format!("row {i} has queue number {}", row.qnum)));
+        }
+        let topic = TopicName::new(row.topic.clone()).map_err(|e| bad(e.to_string()))?;
+        let at = ckpt
+            .queues
+            .iter()
+            .find(|q| q.qnum == row.qnum)
+            .copied()
+            .unwrap_or_default();
+        let mut q = QueueState::new(topic.clone(), QueueId(row.queue_id), at.next_offset);
+        q.min_offset = at.min_offset;
+        by_name.insert((topic, QueueId(row.queue_id)), QueueNum(row.qnum));
+        queues.push(q);
+    }
+    let mut offsets = BTreeMap::new();
+    for (group, qnum, offset) in &ckpt.consumer_offsets {
+        if let (Ok(g), true) = (
+            GroupName::new(group.clone()),
+            (*qnum as usize) <= queues.len(),
+        ) {
+            offsets.insert((g, *qnum), *offset);
+        }
+    }
+    Ok(State {
+        poisoned: None,
+        closing: false,
+        queues,
+        by_name,
+        log: LogState::new(cfg.segment_bytes, 0, 0),
+        offsets,
+        tail: TailCache::new(cfg.tail_cache_bytes),
+        index_cache: BlockCache::new(cfg.index_cache_blocks),
+        index_files: HashMap::new(),
+    })
+}
+
+#[derive(Debug)]
+struct ScanResult {
+    end_pos: u64,
+    last_segment: u64,
+    cut: Option<(u64, String)>,
+}
+
+/// Buffered sequential reads of one segment.
+struct SegmentReader<'a, F> {
+    file: &'a F,
+    start: u64,
+    len: u64,
+    buf: bytes::Bytes,
+    buf_from: u64,
+}
+
+impl<'a, F: DiskFile> SegmentReader<'a, F> {
+    /// `[at, at + n)` of the segment, or `None` past its end.
+    async fn bytes(&mut self, at: u64, n: usize) -> Result<Option<&[u8]>, StoreError> {
+        let end = at + n as u64;
+        if end > self.len {
+            return Ok(None);
+        }
+        if at < self.buf_from || end > self.buf_from + self.buf.len() as u64 {
+            self.buf_from = align_down(at);
+            let want = (end - self.buf_from)
+                .max(SCAN_READ_BYTES as u64)
+                .min(self.len - self.buf_from);
+            self.buf = self.file.read_at(self.buf_from, want as usize).await?;
+        }
+        let from = (at - self.buf_from) as usize;
+        Ok(self.buf.get(from..from + n))
+    }
+}
+
+enum Step {
+    Entry { len: u64 },
+    EndOfSegment,
+    Bad(String),
+}
+
+/// Reads entries from `from` until the end of the log or the first bad
+/// entry, appending index entries for each good one.
+async fn scan<D: Disk>(
+    cfg: &StoreConfig,
+    segments: &BTreeMap<u64, Rc<D::File>>,
+    from: u64,
+    state: &RefCell<State<D::File>>,
+    index: &mut IndexWriters<D>,
+) -> Result<ScanResult, StoreError> {
+    let mut pos = from;
+    let mut seg_start = align_down_to(from, cfg.segment_bytes);
+    let mut last_report = from;
+    let mut cut = None;
+    while let Some(file) = segments.get(&seg_start) {
+        let mut reader = SegmentReader {
+            file: file.as_ref(),
+            start: seg_start,
+            len: cfg.segment_bytes,
+            buf: bytes::Bytes::new(),
+            buf_from: 0,
+        };
+        let step = loop {
+            let step = scan_entry(&mut reader, pos - seg_start, state).await?;
+            let Step::Entry { len } = step else {
+                break step;
+            };
+            pos += len;
+            if pos - last_report >= SCAN_PROGRESS_BYTES {
+                tracing::info!(
+                    position = pos,
+                    scanned_mib = (pos - from) >> 20,
+                    "recovering: scanning the log"
+                );
+                last_report = pos;
+            }
+            let pending: usize = state
+                .borrow()
+                .queues
+                .iter()
+                .map(|q| q.index_pending.len())
+                .sum();
+            if pending > SCAN_INDEX_FLUSH_BYTES {
+                flush_index(state, index, IndexFlush::FullBlocks).await?;
+            }
+        };
+        match step {
+            Step::Bad(reason) => {
+                tracing::warn!(position = pos, segment = seg_start, %reason, "cutting the log: entries from here on are dropped");
+                cut = Some((pos, reason));
+                break;
+            }
+            _ => {
+                // Zeros: the rest of this segment is unused. Go on only if the
+                // next segment holds entries (we rolled into it).
+                let next = seg_start + cfg.segment_bytes;
+                let has_data = match segments.get(&next) {
+                    Some(f) => f
+                        .read_at(0, ENTRY_PREFIX_BYTES)
+                        .await?
+                        .iter()
+                        .any(|&b| b != 0),
+                    None => false,
+                };
+                if !has_data {
+                    break;
+                }
+                seg_start = next;
+                pos = next;
+            }
+        }
+    }
+    Ok(ScanResult {
+        end_pos: pos,
+        last_segment: seg_start,
+        cut,
+    })
+}
+
+async fn scan_entry<F: DiskFile, G>(
+    reader: &mut SegmentReader<'_, F>,
+    at: u64,
+    state: &RefCell<State<G>>,
+) -> Result<Step, StoreError> {
+    let Some(prefix) = reader.bytes(at, ENTRY_PREFIX_BYTES).await? else {
+        return Ok(Step::EndOfSegment);
+    };
+    if prefix.iter().all(|&b| b == 0) {
+        return Ok(Step::EndOfSegment);
+    }
+    let qnum = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+    let check = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+    let Some(head) = reader
+        .bytes(at, ENTRY_PREFIX_BYTES + BATCH_HEADER_BYTES)
+        .await?
+    else {
+        return Ok(Step::Bad("entry header runs past the segment".into()));
+    };
+    let header = match BatchHeader::peek(&head[ENTRY_PREFIX_BYTES..]) {
+        Ok(h) => h,
+        Err(e) => return Ok(Step::Bad(e.to_string())),
+    };
+    let len = ENTRY_PREFIX_BYTES + header.length as usize;
+    let Some(entry) = reader.bytes(at, len).await? else {
+        return Ok(Step::Bad("entry runs past the segment".into()));
+    };
+    let verified = match batch::verify(&entry[ENTRY_PREFIX_BYTES..]) {
+        Ok(v) => v,
+        Err(e) => return Ok(Step::Bad(e.to_string())),
+    };
+    if check != entry_check(qnum, verified.header.crc) {
+        return Ok(Step::Bad(format!(
+            "prefix check fails for queue number {qnum}"
+        )));
+    }
+    let mut st = state.borrow_mut();
+    let Some(q) = qnum
+        .checked_sub(1)
+        .and_then(|i| st.queues.get_mut(i as usize))
+    else {
+        return Ok(Step::Bad(format!("unknown queue number {qnum}")));
+    };
+    if header.queue_id != q.queue_id {
+        return Ok(Step::Bad(format!(
+            "batch for queue id {} in queue {qnum}",
+            header.queue_id
+        )));
+    }
+    if header.base_offset != q.next_offset {
+        return Ok(Step::Bad(format!(
+            "queue {qnum} expects offset {} but the entry starts at {}",
+            q.next_offset, header.base_offset
+        )));
+    }
+    let position = reader.start + at;
+    let entry = IndexEntry {
+        position,
+        entry_len: len as u32,
+        tag_hash: 0,
+    }
+    .encode();
+    for _ in 0..header.record_count {
+        q.index_pending.extend_from_slice(&entry);
+    }
+    q.next_offset = header.next_offset();
+    Ok(Step::Entry { len: len as u64 })
+}

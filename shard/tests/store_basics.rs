@@ -1,0 +1,321 @@
+//! Store scenarios on the in-memory test disk and on the real disk.
+
+mod common;
+
+use common::*;
+use ringmq_core::{FlushMode, GroupName, QueueId};
+use ringmq_shard::store::{DiskOp, DmaDisk, MemDisk, Store, StoreError};
+
+#[test]
+fn append_fetch_across_segments_and_restarts() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let cfg = small_config("/data");
+        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        let q0 = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let q1 = store.create_queue(&topic(), QueueId(1)).await.unwrap();
+        let mut expect0 = Vec::new();
+        for i in 0..60u64 {
+            let b = bodies(i, 1 + (i as usize % 5), 1000);
+            let (q, id) = if i % 3 == 0 { (q1, 1) } else { (q0, 0) };
+            let appended = store.append(q, batch(id, &b)).await.unwrap();
+            if id == 0 {
+                assert_eq!(appended.base_offset, expect0.len() as u64);
+                expect0.extend(b);
+            }
+        }
+        let got: Vec<Vec<u8>> = read_all(&store, q0)
+            .await
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(got, expect0);
+        let segments = disk
+            .paths()
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .count();
+        assert!(
+            segments >= 3,
+            "60 batches of ~1 KiB over 64 KiB segments roll: {segments}"
+        );
+        store.close().await.unwrap();
+
+        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        let report = store.recovery_report().clone();
+        assert!(report.clean_shutdown);
+        assert_eq!(report.scanned_bytes, 0, "a clean shutdown does not rescan");
+        assert_eq!(report.cut, None);
+        let q0 = store.queue(&topic(), QueueId(0)).unwrap();
+        let got: Vec<Vec<u8>> = read_all(&store, q0)
+            .await
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(got, expect0);
+        // Appends continue at the next offset.
+        let more = store
+            .append(q0, batch(0, &bodies(99, 2, 10)))
+            .await
+            .unwrap();
+        assert_eq!(more.base_offset, expect0.len() as u64);
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
+fn sync_mode_survives_a_crash_and_async_keeps_a_prefix() {
+    for flush in [FlushMode::Sync, FlushMode::Async] {
+        run(move || async move {
+            let disk = MemDisk::new();
+            let mut cfg = small_config("/data");
+            cfg.flush = flush;
+            cfg.flush_interval_ms = 3_600_000;
+            let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+            let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+            let mut acked = Vec::new();
+            // Concurrent appends share flush rounds (group commit).
+            for round in 0..10u64 {
+                let futures: Vec<_> = (0..8u64)
+                    .map(|i| {
+                        let b = bodies(round * 100 + i, 3, 100);
+                        let store = store.clone();
+                        async move { (store.append(q, batch(0, &b)).await.unwrap(), b) }
+                    })
+                    .collect();
+                for (appended, b) in futures::future::join_all(futures).await {
+                    acked.push((appended.base_offset, b));
+                }
+            }
+            acked.sort();
+            let expect: Vec<Vec<u8>> = acked.into_iter().flat_map(|(_, b)| b).collect();
+            disk.crash(Some(1));
+            drop(store);
+            let store = Store::open(disk.clone(), cfg).await.unwrap();
+            let q = store.queue(&topic(), QueueId(0)).unwrap();
+            let got: Vec<Vec<u8>> = read_all(&store, q)
+                .await
+                .into_iter()
+                .map(|(_, b)| b)
+                .collect();
+            match flush {
+                FlushMode::Sync => assert_eq!(got, expect, "every acknowledged record survives"),
+                _ => assert_eq!(got, expect[..got.len()], "a prefix survives, in order"),
+            }
+        });
+    }
+}
+
+#[test]
+fn corruption_cuts_at_the_first_bad_batch_and_serves_what_is_before() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let mut cfg = small_config("/data");
+        cfg.flush = FlushMode::Sync;
+        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let mut positions = Vec::new();
+        let mut all = Vec::new();
+        for i in 0..10u64 {
+            let b = bodies(i, 2, 200);
+            store.append(q, batch(0, &b)).await.unwrap();
+            positions.push(all.len());
+            all.extend(b);
+        }
+        // Crash without a checkpoint: recovery must scan and verify.
+        disk.crash(None);
+        drop(store);
+        // Flip a byte inside the 7th entry's body.
+        let seg = disk
+            .paths()
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .unwrap();
+        let data = disk.contents(&seg).unwrap();
+        let needle = b"6-0-";
+        let at = data
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
+        disk.corrupt(&seg, at as u64, &[data[at] ^ 0xff]);
+
+        let store = Store::open(disk.clone(), cfg).await.unwrap();
+        let (cut_at, reason) = store
+            .recovery_report()
+            .cut
+            .clone()
+            .expect("a cut is reported");
+        assert!(reason.contains("crc"), "{reason}");
+        assert!(cut_at > 0);
+        let q = store.queue(&topic(), QueueId(0)).unwrap();
+        let got: Vec<Vec<u8>> = read_all(&store, q)
+            .await
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(
+            got,
+            all[..positions[6]],
+            "everything before the damaged batch"
+        );
+        // The log continues cleanly after the cut.
+        let next = store.append(q, batch(0, &bodies(77, 1, 5))).await.unwrap();
+        assert_eq!(next.base_offset, positions[6] as u64);
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_store() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let mut cfg = small_config("/data");
+        cfg.flush = FlushMode::Sync;
+        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        store.append(q, batch(0, &bodies(1, 1, 10))).await.unwrap();
+        disk.fail(DiskOp::Sync, 0, libc::EIO);
+        let err = store
+            .append(q, batch(0, &bodies(2, 1, 10)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Poisoned(_)), "{err}");
+        let err = store
+            .append(q, batch(0, &bodies(3, 1, 10)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Poisoned(_)),
+            "later appends are refused too: {err}"
+        );
+        // What was acknowledged is still served.
+        assert_eq!(read_all(&store, q).await.len(), 1);
+        assert!(store.close().await.is_err());
+        // A restart recovers; only the acknowledged record is guaranteed.
+        disk.crash(None);
+        let store = Store::open(disk.clone(), cfg).await.unwrap();
+        let q = store.queue(&topic(), QueueId(0)).unwrap();
+        let got = read_all(&store, q).await;
+        assert!(!got.is_empty() && got[0].1 == bodies(1, 1, 10)[0]);
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_full_disk_fails_the_append_and_loses_nothing() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let cfg = small_config("/data");
+        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        // Room for the two segments that exist, and a little more.
+        disk.set_capacity(Some(3 * 64 * 1024));
+        let mut acked = Vec::new();
+        let err = loop {
+            let b = bodies(acked.len() as u64, 4, 500);
+            match store.append(q, batch(0, &b)).await {
+                Ok(_) => acked.extend(b),
+                Err(e) => break e,
+            }
+            assert!(acked.len() < 10_000, "the disk never filled");
+        };
+        assert!(matches!(err, StoreError::DiskFull(_)), "{err}");
+        let got: Vec<Vec<u8>> = read_all(&store, q)
+            .await
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(got, acked);
+        disk.set_capacity(None);
+        store.close().await.unwrap();
+        let store = Store::open(disk, cfg).await.unwrap();
+        let q = store.queue(&topic(), QueueId(0)).unwrap();
+        let got: Vec<Vec<u8>> = read_all(&store, q)
+            .await
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(got, acked, "nothing acknowledged was lost");
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_batches_never_reach_the_disk() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let store = Store::open(disk.clone(), small_config("/data"))
+            .await
+            .unwrap();
+        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let good = batch(0, &bodies(1, 2, 10));
+        let mut bad = good.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(
+            store.append(q, bad.into()).await,
+            Err(StoreError::Batch(_))
+        ));
+        let wrong_queue = batch(5, &bodies(1, 1, 10));
+        assert!(matches!(
+            store.append(q, wrong_queue).await,
+            Err(StoreError::QueueMismatch { .. })
+        ));
+        assert_eq!(store.offsets(q).unwrap(), (0, 0));
+        store.append(q, good).await.unwrap();
+        assert_eq!(store.offsets(q).unwrap(), (0, 2));
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
+fn consumer_offsets_survive_a_restart() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let cfg = small_config("/data");
+        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        let q = store.create_queue(&topic(), QueueId(3)).await.unwrap();
+        let group = GroupName::new("billing").unwrap();
+        assert_eq!(store.committed_offset(&group, q).unwrap(), None);
+        store.commit_offset(&group, q, 42).unwrap();
+        store.close().await.unwrap();
+        let store = Store::open(disk, cfg).await.unwrap();
+        let q = store.queue(&topic(), QueueId(3)).unwrap();
+        assert_eq!(store.committed_offset(&group, q).unwrap(), Some(42));
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
+fn real_disk_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_owned();
+    run(move || async move {
+        let mut cfg = small_config(&path);
+        cfg.flush = FlushMode::Sync;
+        let store = Store::open(DmaDisk, cfg.clone()).await.unwrap();
+        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let mut expect = Vec::new();
+        for i in 0..100u64 {
+            let b = bodies(i, 3, 150);
+            store.append(q, batch(0, &b)).await.unwrap();
+            expect.extend(b);
+        }
+        let got: Vec<Vec<u8>> = read_all(&store, q)
+            .await
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(got, expect);
+        store.close().await.unwrap();
+        let store = Store::open(DmaDisk, cfg).await.unwrap();
+        let q = store.queue(&topic(), QueueId(0)).unwrap();
+        let got: Vec<Vec<u8>> = read_all(&store, q)
+            .await
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(got, expect);
+        store.close().await.unwrap();
+    });
+}
