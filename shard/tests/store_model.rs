@@ -84,7 +84,7 @@ async fn run_ops(flush: FlushMode, ops: Vec<Op>) -> Result<(), String> {
     cfg.flush = flush;
     // Async syncs only when forced, so crashes really lose unsynced data.
     cfg.flush_interval_ms = 3_600_000;
-    let group = GroupName::new("g").unwrap();
+    let group = GroupName::new("g").map_err(|e| e.to_string())?;
     let mut store = Store::open(disk.clone(), cfg.clone())
         .await
         .map_err(|e| e.to_string())?;
