@@ -7,7 +7,7 @@
 //! - `aligned`: block-aligned appends that rewrite the partial last block.
 //! - `commit_log`: log entry format, segments, placement of appends.
 //! - `queue_index`: per-queue fixed-size index entries and their files.
-//! - `tail_cache`: the newest log bytes, in memory, for tailing reads.
+//! - `range_cache`: bounded caches of log bytes: the tail, and read-ahead windows.
 //! - `flusher`: the task that writes, syncs and acknowledges (group commit),
 //!   flushes index blocks and takes checkpoints.
 //! - `checkpoint`: atomic metadata files: checkpoint and queue table.
@@ -36,8 +36,8 @@ mod commit_log;
 pub mod disk;
 mod flusher;
 mod queue_index;
+mod range_cache;
 mod recovery;
-mod tail_cache;
 
 pub use disk::{Disk, DiskError, DiskFile, DiskOp, DmaDisk, MemDisk};
 pub use ringmq_core::FlushMode;
@@ -47,13 +47,13 @@ use checkpoint::QueueRow;
 use commit_log::{entry_check, LogState, Waiter, ENTRY_PREFIX_BYTES};
 use futures::channel::oneshot;
 use queue_index::{BlockCache, IndexEntry, INDEX_ENTRY_BYTES};
+use range_cache::RangeCache;
 use ringmq_core::batch::{self, BatchError, BATCH_HEADER_BYTES};
 use ringmq_core::{Batch, GroupName, QueueId, TopicName};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
-use tail_cache::TailCache;
 
 /// Everything a store is configured with.
 #[derive(Debug, Clone)]
@@ -79,6 +79,10 @@ pub struct StoreConfig {
     pub tail_cache_bytes: usize,
     /// Index blocks (4 KiB) cached for reads behind the tail.
     pub index_cache_blocks: usize,
+    /// Size of one sequential read for consumers behind the tail cache.
+    pub read_ahead_bytes: usize,
+    /// Read-ahead windows kept; their budget is separate from the tail's.
+    pub read_ahead_windows: usize,
     /// Store time source (ms since the Unix epoch); a test can drive it.
     pub now_ms: fn() -> i64,
 }
@@ -107,6 +111,10 @@ impl StoreConfig {
             tail_cache_bytes: 64 << 20,
             // 4 MiB of index blocks.
             index_cache_blocks: 1024,
+            // 1 MiB reads run near the disk's sequential speed; 16 of them
+            // let that many catching-up consumers share one budget.
+            read_ahead_bytes: 1 << 20,
+            read_ahead_windows: 16,
             now_ms: system_now_ms,
         }
     }
@@ -254,7 +262,8 @@ struct State<F> {
     by_name: HashMap<(TopicName, QueueId), QueueNum>,
     log: LogState<F>,
     offsets: BTreeMap<(GroupName, u32), u64>,
-    tail: TailCache,
+    tail: RangeCache,
+    read_ahead: RangeCache,
     index_cache: BlockCache,
     index_files: HashMap<(u32, u64), Rc<F>>,
 }
@@ -295,6 +304,9 @@ struct Inner<D: Disk> {
     roll_lock: futures::lock::Mutex<()>,
     flusher: RefCell<Option<glommio::Task<()>>>,
     recovery: RecoveryReport,
+    /// Low-share task queue for reads behind the tail, so catching-up
+    /// consumers yield to appends.
+    catch_up: glommio::TaskQueueHandle,
 }
 
 /// What the last open found.
@@ -663,27 +675,49 @@ impl<D: Disk> Store<D> {
         Ok(file)
     }
 
-    /// Reads a log entry (tail cache first, else its segment) and checks it
-    /// again: prefix, queue, batch crc. Returns the batch's bytes.
+    /// Reads a log entry (tail cache, then read-ahead windows, else one large
+    /// sequential read in the catch-up task queue) and checks it again:
+    /// prefix, queue, batch crc. Returns the batch's bytes.
     async fn read_entry(&self, q: QueueNum, entry: IndexEntry) -> Result<Bytes, StoreError> {
-        let len = entry.entry_len as usize;
-        let on_disk = {
+        let (pos, len) = (entry.position, entry.entry_len as usize);
+        let window = {
             let st = self.inner.state.borrow();
-            match st.tail.get(entry.position, len) {
-                Some(bytes) => return check_entry(q.0, entry.position, bytes),
-                None => st
-                    .log
-                    .segment_for(entry.position)
-                    .map(|(start, f)| (entry.position - start, f.clone())),
+            if let Some(bytes) = st
+                .tail
+                .get(pos, len)
+                .or_else(|| st.read_ahead.get(pos, len))
+            {
+                return check_entry(q.0, pos, bytes);
             }
+            let Some((seg_start, file)) = st.log.segment_for(pos) else {
+                return Err(StoreError::Corrupt {
+                    position: pos,
+                    reason: "no segment holds this position".into(),
+                });
+            };
+            // One large read from the entry's block on, never past what is
+            // written (later bytes may still change) or the segment's end.
+            let from = disk::align_down(pos);
+            let to = (from + self.inner.cfg.read_ahead_bytes as u64)
+                .max(pos + len as u64)
+                .min(st.log.written_pos.max(pos + len as u64))
+                .min(seg_start + st.log.segment_bytes);
+            (from, to, seg_start, file.clone())
         };
-        let Some((at, file)) = on_disk else {
-            return Err(StoreError::Corrupt {
-                position: entry.position,
-                reason: "no segment holds this position".into(),
-            });
-        };
-        check_entry(q.0, entry.position, file.read_at(at, len).await?)
+        let (from, to, seg_start, file) = window;
+        let read = glommio::spawn_local_into(
+            async move { file.read_at(from - seg_start, (to - from) as usize).await },
+            self.inner.catch_up,
+        )
+        .map_err(|e| StoreError::Internal(format!("spawn catch-up read: {e}")))?
+        .await?;
+        let at = (pos - from) as usize;
+        let bytes = read
+            .get(at..at + len)
+            .map(|_| read.slice(at..at + len))
+            .unwrap_or_default();
+        self.inner.state.borrow_mut().read_ahead.push(from, read);
+        check_entry(q.0, pos, bytes)
     }
 }
 

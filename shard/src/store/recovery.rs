@@ -9,7 +9,7 @@ use super::commit_log::{self, entry_check, LogState, ENTRY_PREFIX_BYTES};
 use super::disk::{align_down, Disk, DiskFile};
 use super::flusher::{self, flush_index, Flusher, IndexFlush};
 use super::queue_index::{BlockCache, IndexEntry, IndexWriters};
-use super::tail_cache::TailCache;
+use super::range_cache::RangeCache;
 use super::{Inner, QueueNum, QueueState, State, Store, StoreConfig, StoreError};
 use ringmq_core::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
 use ringmq_core::{GroupName, QueueId, TopicName};
@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 const SCAN_READ_BYTES: usize = 1 << 20;
 /// Rebuilt index entries kept in memory during a scan before they are written.
 const SCAN_INDEX_FLUSH_BYTES: usize = 8 << 20;
+/// CPU shares of catch-up reads against the default queue's 1000: they run
+/// freely when appends are idle and get a tenth when both compete.
+const CATCH_UP_SHARES: usize = 100;
 /// How often a long scan reports progress.
 const SCAN_PROGRESS_BYTES: u64 = 256 << 20;
 
@@ -101,6 +104,11 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
         "store opened"
     );
     let (tx, rx) = glommio::channels::local_channel::new_bounded(1);
+    let catch_up = glommio::executor().create_task_queue(
+        glommio::Shares::Static(CATCH_UP_SHARES),
+        glommio::Latency::NotImportant,
+        "ringmq-catch-up-reads",
+    );
     let inner = Rc::new(Inner {
         pending_room: glommio::sync::Semaphore::new(cfg.max_pending_bytes as u64),
         disk,
@@ -115,6 +123,7 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
             cut: scan.cut.clone(),
             end_position: scan.end_pos,
         },
+        catch_up,
         cfg,
     });
     let flusher = Flusher::new(Rc::downgrade(&inner), rx, index, scan.end_pos);
@@ -179,7 +188,8 @@ fn initial_state<D: Disk>(
         by_name,
         log: LogState::new(cfg.segment_bytes, 0, 0),
         offsets,
-        tail: TailCache::new(cfg.tail_cache_bytes),
+        tail: RangeCache::new(cfg.tail_cache_bytes),
+        read_ahead: RangeCache::new(cfg.read_ahead_bytes * cfg.read_ahead_windows),
         index_cache: BlockCache::new(cfg.index_cache_blocks),
         index_files: HashMap::new(),
     })

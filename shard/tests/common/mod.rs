@@ -30,6 +30,8 @@ pub fn small_config(dir: &str) -> StoreConfig {
     cfg.flush_interval_ms = 5;
     cfg.tail_cache_bytes = 32 * 1024;
     cfg.index_cache_blocks = 4;
+    cfg.read_ahead_bytes = 16 * 1024;
+    cfg.read_ahead_windows = 2;
     cfg
 }
 

@@ -1,18 +1,23 @@
-//! The newest bytes of the log, kept in memory so tailing consumers never
-//! touch the disk. Bounded: the oldest chunks are dropped first. Chunks are
-//! whole flush rounds, so a log entry never straddles two chunks.
+//! Bounded caches of log byte ranges, first in first out. Two per store:
+//! - the tail cache: the newest bytes, one chunk per flush round (so an
+//!   entry never straddles two chunks), so tailing consumers never touch
+//!   the disk;
+//! - the read-ahead cache: large windows read for catching-up consumers, so
+//!   one sequential read serves the next entries of every queue in it.
+//!
+//! Separate budgets: catch-up reads can never evict the tail.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
 
 #[derive(Debug)]
-pub(crate) struct TailCache {
+pub(crate) struct RangeCache {
     chunks: VecDeque<(u64, Bytes)>,
     bytes: usize,
     max_bytes: usize,
 }
 
-impl TailCache {
+impl RangeCache {
     pub(crate) fn new(max_bytes: usize) -> Self {
         Self {
             chunks: VecDeque::new(),
@@ -49,7 +54,7 @@ impl TailCache {
         (to <= data.len()).then(|| data.slice(from..to))
     }
 
-    /// Forgets everything at or after `pos` (after a cut or a failed write).
+    /// Forgets everything.
     pub(crate) fn clear(&mut self) {
         self.chunks.clear();
         self.bytes = 0;
@@ -66,7 +71,7 @@ mod tests {
 
     #[test]
     fn serves_whole_ranges_and_stays_bounded() {
-        let mut c = TailCache::new(100);
+        let mut c = RangeCache::new(100);
         c.push(0, Bytes::from(vec![1; 40]));
         c.push(40, Bytes::from(vec![2; 40]));
         assert_eq!(c.get(10, 20).unwrap(), vec![1; 20]);
