@@ -32,6 +32,9 @@ pub(crate) struct Checkpoint {
     pub(crate) queues: Vec<QueueCheckpoint>,
     /// Committed consumer offsets: (group, queue number, offset).
     pub(crate) consumer_offsets: Vec<(String, u32, u64)>,
+    /// Newest store time per segment (start position, ms), for retention.
+    #[serde(default)]
+    pub(crate) segment_max_ts: Vec<(u64, i64)>,
 }
 
 /// A queue's offsets at a checkpoint.

@@ -231,6 +231,7 @@ impl<D: Disk> Flusher<D> {
                     .iter()
                     .map(|((g, q), o)| (g.as_str().to_owned(), *q, *o))
                     .collect(),
+                segment_max_ts: st.segment_max_ts.iter().map(|(s, t)| (*s, *t)).collect(),
             }
         };
         checkpoint::write_meta(
@@ -240,6 +241,7 @@ impl<D: Disk> Flusher<D> {
             &ckpt,
         )
         .await?;
+        inner.state.borrow_mut().checkpoint_pos = ckpt.log_position;
         self.last_checkpoint = Instant::now();
         Ok(())
     }

@@ -13,6 +13,7 @@
 //! - `checkpoint`: atomic metadata files: checkpoint and queue table.
 //! - `recovery`: opening a store: load the checkpoint, scan the log after
 //!   it, cut a torn or corrupt tail, rebuild index entries.
+//! - `retention`: deleting old segments by age or total size, in the background.
 //!
 //! # Data layout
 //! ```text
@@ -38,6 +39,7 @@ mod flusher;
 mod queue_index;
 mod range_cache;
 mod recovery;
+mod retention;
 
 pub use disk::{Disk, DiskError, DiskFile, DiskOp, DmaDisk, MemDisk};
 pub use ringmq_core::FlushMode;
@@ -83,6 +85,12 @@ pub struct StoreConfig {
     pub read_ahead_bytes: usize,
     /// Read-ahead windows kept; their budget is separate from the tail's.
     pub read_ahead_windows: usize,
+    /// Delete segments whose newest record is older than this.
+    pub retention_ms: Option<u64>,
+    /// Delete the oldest segments while the log is bigger than this.
+    pub retention_bytes: Option<u64>,
+    /// How often retention looks for segments to delete.
+    pub retention_check_interval_ms: u64,
     /// Store time source (ms since the Unix epoch); a test can drive it.
     pub now_ms: fn() -> i64,
 }
@@ -115,6 +123,10 @@ impl StoreConfig {
             // let that many catching-up consumers share one budget.
             read_ahead_bytes: 1 << 20,
             read_ahead_windows: 16,
+            // RocketMQ's default: three days.
+            retention_ms: Some(72 * 3_600_000),
+            retention_bytes: None,
+            retention_check_interval_ms: 60_000,
             now_ms: system_now_ms,
         }
     }
@@ -266,6 +278,10 @@ struct State<F> {
     read_ahead: RangeCache,
     index_cache: BlockCache,
     index_files: HashMap<(u32, u64), Rc<F>>,
+    /// Newest store time in each segment, for age-based retention.
+    segment_max_ts: BTreeMap<u64, i64>,
+    /// Log position of the last checkpoint: retention deletes only before it.
+    checkpoint_pos: u64,
 }
 
 impl<F> State<F> {
@@ -791,6 +807,11 @@ fn place<F: DiskFile>(
     buf[at..at + 4].copy_from_slice(&q.0.to_le_bytes());
     buf[at + 4..at + 8].copy_from_slice(&entry_check(q.0, crc).to_le_bytes());
     let end_pos = st.log.end_pos;
+    let newest = st
+        .segment_max_ts
+        .entry(st.log.active_start)
+        .or_insert(now_ms);
+    *newest = (*newest).max(now_ms);
     let qs = st.queue_mut(q)?;
     let entry = IndexEntry {
         position,

@@ -117,11 +117,10 @@ impl<D: Disk> IndexWriters<D> {
             .get(&qnum)
             .is_some_and(|(no, w)| *no == file_no && w.written() == expected);
         if !reusable {
-            if let Some((old_no, _)) = self.writers.remove(&qnum) {
+            if let Some((old_no, old)) = self.writers.remove(&qnum) {
                 // Leaving a file: make what was written to it durable first.
                 if self.unsynced.remove(&(qnum, old_no)) {
-                    let path = index_path(&self.root, qnum, old_no, self.entries_per_file);
-                    self.disk.open(&path, false).await?.sync().await?;
+                    old.file().sync().await?;
                 }
             }
             self.disk
@@ -140,13 +139,12 @@ impl<D: Disk> IndexWriters<D> {
 
     /// fdatasyncs every index file written since the last call.
     pub(crate) async fn sync(&mut self) -> Result<(), StoreError> {
+        // A file is synced when its writer leaves it, so every unsynced file
+        // still has its writer.
         for (qnum, file_no) in std::mem::take(&mut self.unsynced) {
-            match self.writers.get(&qnum) {
-                Some((no, w)) if *no == file_no => w.file().sync().await?,
-                _ => {
-                    let path = index_path(&self.root, qnum, file_no, self.entries_per_file);
-                    self.disk.open(&path, false).await?.sync().await?;
-                }
+            if let Some((no, w)) = self.writers.get(&qnum) {
+                debug_assert_eq!(*no, file_no);
+                w.file().sync().await?;
             }
         }
         Ok(())

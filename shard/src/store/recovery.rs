@@ -136,9 +136,48 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
             .clamp(1, 100),
     );
     glommio::spawn_local(flusher::tick(Rc::downgrade(&inner), period)).detach();
+    let retention_every = Duration::from_millis(inner.cfg.retention_check_interval_ms.max(1));
+    glommio::spawn_local(super::retention::run(
+        Rc::downgrade(&inner),
+        retention_every,
+    ))
+    .detach();
     let store = Store { inner };
+    store.repair_min_offsets().await?;
     store.spawn_prepare_next();
     Ok(store)
+}
+
+impl<D: Disk> Store<D> {
+    /// After a crash between a retention deletion and the next checkpoint,
+    /// a queue's recorded earliest offset may point into a deleted segment:
+    /// move it to its first record in the oldest segment still present.
+    async fn repair_min_offsets(&self) -> Result<(), StoreError> {
+        let first = self
+            .inner
+            .state
+            .borrow()
+            .log
+            .segments
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(0);
+        let queues = self.inner.state.borrow().queues.len() as u32;
+        for qnum in 1..=queues {
+            let q = QueueNum(qnum);
+            let (min, next) = self.offsets(q)?;
+            if min < next && self.index_entry(q, min).await?.position < first {
+                self.move_min_offset_past(q, first).await?;
+                tracing::warn!(
+                    queue = qnum,
+                    earliest = self.offsets(q)?.0,
+                    "earliest offset moved past deleted segments"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 fn align_down_to(v: u64, unit: u64) -> u64 {
@@ -192,6 +231,8 @@ fn initial_state<D: Disk>(
         read_ahead: RangeCache::new(cfg.read_ahead_bytes * cfg.read_ahead_windows),
         index_cache: BlockCache::new(cfg.index_cache_blocks),
         index_files: HashMap::new(),
+        segment_max_ts: ckpt.segment_max_ts.iter().copied().collect(),
+        checkpoint_pos: ckpt.log_position,
     })
 }
 
@@ -380,5 +421,10 @@ async fn scan_entry<F: DiskFile, G>(
         q.index_pending.extend_from_slice(&entry);
     }
     q.next_offset = header.next_offset();
+    let newest = st
+        .segment_max_ts
+        .entry(reader.start)
+        .or_insert(header.store_timestamp_ms);
+    *newest = (*newest).max(header.store_timestamp_ms);
     Ok(Step::Entry { len: len as u64 })
 }
