@@ -1,6 +1,8 @@
 //! Retention deletes whole old segments; queues' earliest offsets move up
 //! and fetches below them get OffsetOutOfRange.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
