@@ -17,8 +17,13 @@ use ringmq_core::{
 };
 use serde::Serialize;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::{
+    command_output, git_commit, machine, out_dir, spread, utc_stamp, write_report, Machine, Spread,
+};
 
 /// Batch size the producer side fills to: 64 KiB is the client's default
 /// linger target and the storage engine's write unit.
@@ -62,13 +67,7 @@ fn parse_args() -> Result<Settings, String> {
     if s.rounds == 0 {
         return Err("--rounds must be at least 1".into());
     }
-    // `cargo bench` runs in the package folder; a relative --out means the
-    // workspace root, where bench-results/ lives.
-    if s.out.is_relative() {
-        s.out = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(&s.out);
-    }
+    s.out = out_dir(&s.out);
     Ok(s)
 }
 
@@ -83,22 +82,6 @@ fn rate(round: Duration, mut op: impl FnMut()) -> f64 {
         n += 16;
     }
     n as f64 / start.elapsed().as_secs_f64()
-}
-
-#[derive(Debug, Serialize, Clone, Copy)]
-struct Spread {
-    min: f64,
-    median: f64,
-    max: f64,
-}
-
-fn spread(mut v: Vec<f64>) -> Spread {
-    v.sort_by(f64::total_cmp);
-    Spread {
-        min: v[0],
-        median: v[v.len() / 2],
-        max: v[v.len() - 1],
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -225,74 +208,6 @@ fn measure(s: &Settings, record_bytes: usize) -> Vec<StageResult> {
 }
 
 #[derive(Debug, Serialize)]
-struct Machine {
-    cpu_model: String,
-    cores: usize,
-    kernel: String,
-    sse42: bool,
-}
-
-fn machine() -> Machine {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|r| r.split(':').nth(1))
-        })
-        .map_or_else(|| "unknown".into(), |m| m.trim().to_owned());
-    Machine {
-        cpu_model,
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map_or_else(|_| "unknown".into(), |k| k.trim().to_owned()),
-        sse42: cpuinfo.contains(" sse4_2"),
-    }
-}
-
-fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(cmd).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn git_commit() -> String {
-    let commit = command_output("git", &["rev-parse", "--short=12", "HEAD"])
-        .unwrap_or_else(|| "unknown".into());
-    let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.is_empty());
-    if dirty {
-        format!("{commit}-dirty")
-    } else {
-        commit
-    }
-}
-
-/// `YYYY-MM-DDTHH-MM-SSZ` from the system clock (civil-from-days, UTC).
-fn utc_stamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}-{:02}-{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-#[derive(Debug, Serialize)]
 struct Report {
     bench: &'static str,
     started_utc: String,
@@ -333,36 +248,6 @@ fn markdown(r: &Report) -> String {
            not an end-to-end figure. Reproduce with \
            `cargo bench -p ringmq-core --bench codec -- --out bench-results`.\n";
     md
-}
-
-/// Rewrites `dir/README.md` as a list of every report's title.
-fn refresh_index(dir: &Path) -> std::io::Result<()> {
-    let mut rows: Vec<(String, String)> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".md") && n != "README.md")
-        .map(|n| {
-            let title = std::fs::read_to_string(dir.join(&n))
-                .ok()
-                .and_then(|t| {
-                    t.lines()
-                        .next()
-                        .map(|l| l.trim_start_matches("# ").to_owned())
-                })
-                .unwrap_or_default();
-            (n, title)
-        })
-        .collect();
-    rows.sort();
-    let mut index = String::from(
-        "# Recorded benchmark results\n\nOne JSON (every setting, machine facts, commit, all figures) \
-         and one Markdown summary per run. Newest last.\n\n| run | summary |\n|---|---|\n",
-    );
-    for (name, title) in rows {
-        let json = name.trim_end_matches(".md");
-        index += &format!("| [{title}]({name}) | [{json}.json]({json}.json) |\n");
-    }
-    std::fs::write(dir.join("README.md"), index)
 }
 
 fn main() -> std::process::ExitCode {
@@ -412,20 +297,15 @@ fn main() -> std::process::ExitCode {
     };
     let md = markdown(&report);
     print!("{md}");
-    let base = s
-        .out
-        .join(format!("codec-{}-{}", report.started_utc, report.commit));
-    let written = std::fs::create_dir_all(&s.out)
-        .and_then(|()| {
-            std::fs::write(
-                base.with_extension("json"),
-                serde_json::to_string_pretty(&report).unwrap_or_default(),
-            )
-        })
-        .and_then(|()| std::fs::write(base.with_extension("md"), md))
-        .and_then(|()| refresh_index(&s.out));
-    match written {
-        Ok(()) => {
+    match write_report(
+        &s.out,
+        "codec",
+        &report.started_utc,
+        &report.commit,
+        &report,
+        &md,
+    ) {
+        Ok(base) => {
             eprintln!("wrote {}.{{json,md}}", base.display());
             std::process::ExitCode::SUCCESS
         }
