@@ -351,3 +351,30 @@ fn catch_up_reads_do_not_evict_the_tail() {
         store.close().await.unwrap();
     });
 }
+
+#[test]
+fn zero_filled_segments_work_like_fallocated_ones() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let mut cfg = small_config("/data");
+        cfg.segment_prepare = ringmq_shard::store::SegmentPrepare::ZeroFill;
+        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let mut all = Vec::new();
+        for i in 0..80u64 {
+            let b = bodies(i, 3, 500);
+            store.append(q, batch(0, &b)).await.unwrap();
+            all.extend(b);
+        }
+        store.close().await.unwrap();
+        let store = Store::open(disk, cfg).await.unwrap();
+        let q = store.queue(&topic(), QueueId(0)).unwrap();
+        let got: Vec<Vec<u8>> = read_all(&store, q)
+            .await
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(got, all);
+        store.close().await.unwrap();
+    });
+}

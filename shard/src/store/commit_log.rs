@@ -16,8 +16,8 @@
 //! prefix belongs mean "no more entries in this segment". Segment files are
 //! named by their first log position, `<position:020>.log`.
 
-use super::disk::DiskFile;
-use super::StoreError;
+use super::disk::{Disk, DiskFile};
+use super::{SegmentPrepare, StoreConfig, StoreError};
 use bytes::BytesMut;
 use futures::channel::oneshot;
 use std::collections::{BTreeMap, VecDeque};
@@ -43,6 +43,45 @@ pub(crate) fn segment_name(start: u64) -> String {
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".log")?;
     (digits.len() == 20).then(|| digits.parse().ok()).flatten()
+}
+
+/// Zero-fill writes this much at a time: large sequential writes.
+const ZERO_FILL_WRITE_BYTES: usize = 1 << 20;
+
+/// Creates the segment file starting at `start`, ready for appends: its
+/// blocks allocated (and, with [`SegmentPrepare::ZeroFill`], written with
+/// zeros, so appends overwrite written blocks and an fdatasync need not
+/// commit extent changes). A failure removes the half-made file.
+pub(crate) async fn create_segment<D: Disk>(
+    disk: &D,
+    cfg: &StoreConfig,
+    start: u64,
+) -> Result<D::File, StoreError> {
+    let path = cfg.log_dir().join(segment_name(start));
+    let file = disk.open(&path, true).await?;
+    let prepared = async {
+        file.allocate(cfg.segment_bytes).await?;
+        if cfg.segment_prepare == SegmentPrepare::ZeroFill {
+            let zeros = vec![0u8; ZERO_FILL_WRITE_BYTES];
+            let mut at = 0;
+            while at < cfg.segment_bytes {
+                let n = (cfg.segment_bytes - at).min(zeros.len() as u64) as usize;
+                file.write_at(at, &zeros[..n]).await?;
+                at += n as u64;
+            }
+            file.sync().await?;
+        }
+        disk.sync_dir(&cfg.log_dir()).await
+    };
+    if let Err(e) = prepared.await {
+        let _ = disk.remove(&path).await;
+        return Err(if e.is_no_space() {
+            StoreError::DiskFull(e)
+        } else {
+            StoreError::Io(e)
+        });
+    }
+    Ok(file)
 }
 
 /// Bytes placed but not yet handed to the disk, all in one segment.

@@ -57,6 +57,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 
+/// How a segment is made ready before appends reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SegmentPrepare {
+    /// fallocate only: cheap, but the first write to each block converts an
+    /// unwritten extent, which the next fdatasync must commit.
+    #[default]
+    Fallocate,
+    /// fallocate, then write zeros over the whole segment in the background:
+    /// costs one segment of disk bandwidth, and appends then overwrite
+    /// written blocks.
+    ZeroFill,
+}
+
 /// Everything a store is configured with.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -64,6 +77,8 @@ pub struct StoreConfig {
     pub dir: PathBuf,
     /// Size of each commit-log segment file.
     pub segment_bytes: u64,
+    /// How the next segment is made ready before it is needed.
+    pub segment_prepare: SegmentPrepare,
     /// When appends are acknowledged.
     pub flush: FlushMode,
     /// `async` mode: fdatasync at least this often while there are unsynced writes.
@@ -107,6 +122,7 @@ impl StoreConfig {
         Self {
             dir: dir.into(),
             segment_bytes: 1 << 30,
+            segment_prepare: SegmentPrepare::Fallocate,
             flush: FlushMode::Async,
             flush_interval_ms: 100,
             flush_bytes: 16 << 20,
@@ -567,6 +583,12 @@ impl<D: Disk> Store<D> {
         }
     }
 
+    /// Whether the segment after the active one is prepared (a roll now
+    /// would be a swap, not a stall).
+    pub fn next_segment_ready(&self) -> bool {
+        self.inner.state.borrow().log.next_segment.is_some()
+    }
+
     /// What the last open found.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.inner.recovery
@@ -598,22 +620,7 @@ impl<D: Disk> Store<D> {
             }
             st.log.active_start + st.log.segment_bytes
         };
-        let path = self
-            .inner
-            .cfg
-            .log_dir()
-            .join(commit_log::segment_name(start));
-        let file = self.inner.disk.open(&path, true).await?;
-        if let Err(e) = file.allocate(self.inner.cfg.segment_bytes).await {
-            // Leave no half-made segment behind for recovery to puzzle over.
-            let _ = self.inner.disk.remove(&path).await;
-            return Err(if e.is_no_space() {
-                StoreError::DiskFull(e)
-            } else {
-                StoreError::Io(e)
-            });
-        }
-        self.inner.disk.sync_dir(&self.inner.cfg.log_dir()).await?;
+        let file = commit_log::create_segment(&self.inner.disk, &self.inner.cfg, start).await?;
         let mut st = self.inner.state.borrow_mut();
         if st.log.next_segment.is_none() && st.log.active_start + st.log.segment_bytes == start {
             st.log.next_segment = Some((start, Rc::new(file)));

@@ -71,16 +71,7 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
     }
     segments.retain(|&start, _| start <= active_start);
     if let std::collections::btree_map::Entry::Vacant(slot) = segments.entry(active_start) {
-        let path = cfg.log_dir().join(commit_log::segment_name(active_start));
-        let file = disk.open(&path, true).await?;
-        file.allocate(cfg.segment_bytes).await.map_err(|e| {
-            if e.is_no_space() {
-                StoreError::DiskFull(e)
-            } else {
-                StoreError::Io(e)
-            }
-        })?;
-        disk.sync_dir(&cfg.log_dir()).await?;
+        let file = commit_log::create_segment(&disk, &cfg, active_start).await?;
         slot.insert(Rc::new(file));
     }
     {

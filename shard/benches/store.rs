@@ -1,0 +1,753 @@
+//! Storage engine benchmark, each figure next to the machine's own limit
+//! measured by fio in the same run (fio must be installed: `apt-get install
+//! fio`; `shard/benches/store-bench.sh` does that and runs this).
+//!
+//! ```sh
+//! cargo bench -p ringmq-shard --bench store -- [--dir /var/tmp/ringmq-bench] \
+//!     [--out bench-results] [--seconds 8] [--rounds 3] \
+//!     [--scale-records 100000000] [--scale-queues 1000] [--only async,sync,scale]
+//! ```
+//!
+//! - async: 1 shard, 1 KiB records in 64 KiB batches, 16 and 64 appenders: MiB/s
+//!   vs fio sequential 1 MiB direct writes (io_uring, iodepth 4).
+//! - sync: 256 appenders of single 1 KiB records: acks/s and ack latency
+//!   vs fio 4 KiB write + fdatasync (psync, one job); with fallocated and
+//!   with zero-filled segments, to decide how segments are prepared.
+//! - scale: 100 M 100-byte records over 1,000 queues written by a child
+//!   process: peak RSS; store open time after a clean shutdown, and after
+//!   SIGKILL during full-speed appends.
+//!
+//! The store runs on one glommio executor pinned to CPU 0.
+
+#[path = "../../core/benches/support/mod.rs"]
+mod support;
+
+use bytes::Bytes;
+use ringmq_core::{BatchBuilder, FlushMode, QueueId, RecordInput, TopicName};
+use ringmq_shard::store::{DmaDisk, QueueNum, SegmentPrepare, Store, StoreConfig};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use support::{spread, Spread};
+
+#[derive(Debug, Clone)]
+struct Settings {
+    dir: PathBuf,
+    out: PathBuf,
+    seconds: u64,
+    rounds: usize,
+    scale_records: u64,
+    scale_queues: u32,
+    only: Vec<String>,
+    child: Option<String>,
+}
+
+fn parse_args() -> Result<Settings, String> {
+    let mut s = Settings {
+        dir: "/var/tmp/ringmq-store-bench".into(),
+        out: "bench-results".into(),
+        seconds: 8,
+        rounds: 3,
+        scale_records: 100_000_000,
+        scale_queues: 1000,
+        only: vec!["async".into(), "sync".into(), "scale".into()],
+        child: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        let num = |name: &str, v: String| v.parse::<u64>().map_err(|e| format!("{name}: {e}"));
+        match arg.as_str() {
+            "--bench" => {}
+            "--dir" => s.dir = value("--dir")?.into(),
+            "--out" => s.out = value("--out")?.into(),
+            "--seconds" => s.seconds = num("--seconds", value("--seconds")?)?,
+            "--rounds" => s.rounds = num("--rounds", value("--rounds")?)? as usize,
+            "--scale-records" => {
+                s.scale_records = num("--scale-records", value("--scale-records")?)?
+            }
+            "--scale-queues" => {
+                s.scale_queues = num("--scale-queues", value("--scale-queues")?)? as u32
+            }
+            "--only" => s.only = value("--only")?.split(',').map(str::to_owned).collect(),
+            "--child" => s.child = Some(value("--child")?),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; see the header of shard/benches/store.rs"
+                ))
+            }
+        }
+    }
+    if s.rounds == 0 || s.seconds == 0 || s.scale_queues == 0 {
+        return Err("--rounds, --seconds and --scale-queues must be positive".into());
+    }
+    s.out = support::out_dir(&s.out);
+    Ok(s)
+}
+
+/// Runs `f` on a glommio executor pinned to CPU 0 (falls back to unpinned).
+fn on_shard<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let pinned = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0)).spawn(f.clone());
+    match pinned {
+        Ok(handle) => handle.join().expect("shard thread"),
+        Err(_) => glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(f)
+            .expect("executor")
+            .join()
+            .expect("shard thread"),
+    }
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct we pass; zeroed is a valid rusage.
+    #[allow(unsafe_code)]
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(usage.ru_utime) + t(usage.ru_stime)
+}
+
+/// (VmRSS, VmHWM) in KiB.
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn fresh_dir(dir: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("bench folder can be created");
+    dir.to_owned()
+}
+
+/// A batch of `record_bytes` records filled up to `max_bytes`, or of exactly `n` records.
+fn build_batch(queue: u32, record_bytes: usize, max_bytes: usize, n: Option<usize>) -> Bytes {
+    let body = vec![0x42u8; record_bytes];
+    let mut b = BatchBuilder::new(QueueId(queue)).max_bytes(max_bytes);
+    let rec = RecordInput {
+        timestamp_ms: 1_700_000_000_000,
+        body: &body,
+        ..Default::default()
+    };
+    while n.is_none_or(|n| (b.record_count() as usize) < n) && b.push(&rec).is_ok() {}
+    b.finish().expect("at least one record fits")
+}
+
+fn bench_config(dir: &Path, flush: FlushMode) -> StoreConfig {
+    let mut cfg = StoreConfig::new(dir);
+    cfg.flush = flush;
+    cfg
+}
+
+fn topic() -> TopicName {
+    TopicName::new("bench").expect("valid")
+}
+
+// ---- fio ----------------------------------------------------------------
+
+fn fio(dir: &Path, args: &[&str]) -> Result<Value, String> {
+    let out = Command::new("fio")
+        .arg(format!("--directory={}", dir.display()))
+        .args(args)
+        .arg("--output-format=json")
+        .output()
+        .map_err(|e| format!("fio not runnable ({e}); install it with `apt-get install fio`"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "fio failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice::<Value>(&out.stdout).map_err(|e| format!("fio output: {e}"))
+}
+
+fn fio_seq_write_mib_s(dir: &Path, seconds: u64) -> Result<f64, String> {
+    let runtime = format!("--runtime={seconds}");
+    let v = fio(
+        dir,
+        &[
+            "--name=seq",
+            "--rw=write",
+            "--bs=1M",
+            "--direct=1",
+            "--ioengine=io_uring",
+            "--iodepth=4",
+            "--size=2G",
+            "--time_based",
+            &runtime,
+        ],
+    )?;
+    v["jobs"][0]["write"]["bw_bytes"]
+        .as_f64()
+        .map(|b| b / (1 << 20) as f64)
+        .ok_or_else(|| "no bw in fio output".into())
+}
+
+#[derive(Debug, Serialize, Clone, Copy)]
+struct FsyncFigures {
+    iops: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+}
+
+fn fio_fdatasync(dir: &Path, seconds: u64) -> Result<FsyncFigures, String> {
+    let runtime = format!("--runtime={seconds}");
+    let v = fio(
+        dir,
+        &[
+            "--name=fsync",
+            "--rw=write",
+            "--bs=4k",
+            "--fdatasync=1",
+            "--ioengine=psync",
+            "--size=64M",
+            "--time_based",
+            &runtime,
+        ],
+    )?;
+    let job = &v["jobs"][0];
+    let pct = |p: &str| {
+        // Each acknowledged 4 KiB write costs a write plus an fdatasync.
+        let w = job["write"]["clat_ns"]["percentile"][p]
+            .as_f64()
+            .unwrap_or(0.0);
+        let s = job["sync"]["lat_ns"]["percentile"][p]
+            .as_f64()
+            .unwrap_or(0.0);
+        (w + s) / 1e3
+    };
+    Ok(FsyncFigures {
+        iops: job["write"]["iops"]
+            .as_f64()
+            .ok_or("no iops in fio output")?,
+        p50_us: pct("50.000000"),
+        p99_us: pct("99.000000"),
+        p999_us: pct("99.900000"),
+    })
+}
+
+// ---- async throughput ----------------------------------------------------
+
+#[derive(Debug, Serialize, Clone, Copy)]
+struct ThroughputRound {
+    mib_s: f64,
+    records_s: f64,
+    cpu_us_per_mib: f64,
+}
+
+fn async_throughput(dir: PathBuf, seconds: u64, appenders: usize) -> ThroughputRound {
+    on_shard(move || async move {
+        let cfg = bench_config(&fresh_dir(&dir), FlushMode::Async);
+        let store = Store::open(DmaDisk, cfg).await.expect("open");
+        let q = store
+            .create_queue(&topic(), QueueId(0))
+            .await
+            .expect("queue");
+        let batch = build_batch(0, 1024, 64 * 1024, None);
+        let records = u64::from(
+            ringmq_core::Batch::parse(batch.clone())
+                .expect("valid")
+                .header()
+                .record_count,
+        );
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let (cpu0, t0) = (cpu_seconds(), Instant::now());
+        let appenders: Vec<_> = (0..appenders)
+            .map(|_| {
+                let (store, batch) = (store.clone(), batch.clone());
+                glommio::spawn_local(async move {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        store.append(q, batch.clone()).await.expect("append");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut batches = 0;
+        for a in appenders {
+            batches += a.await;
+        }
+        let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+        store.close().await.expect("close");
+        let mib = (batches * batch.len() as u64) as f64 / (1 << 20) as f64;
+        ThroughputRound {
+            mib_s: mib / secs,
+            records_s: (batches * records) as f64 / secs,
+            cpu_us_per_mib: cpu * 1e6 / mib,
+        }
+    })
+}
+
+// ---- sync latency ----------------------------------------------------------
+
+#[derive(Debug, Serialize, Clone, Copy)]
+struct SyncRound {
+    acks_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+    cpu_us_per_ack: f64,
+}
+
+fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn sync_acks(dir: PathBuf, seconds: u64, prepare: SegmentPrepare) -> SyncRound {
+    on_shard(move || async move {
+        let mut cfg = bench_config(&fresh_dir(&dir), FlushMode::Sync);
+        cfg.segment_prepare = prepare;
+        let store = Store::open(DmaDisk, cfg).await.expect("open");
+        // Measure the steady state: the next segment is ready, as it is
+        // whenever the previous one was not filled faster than it is prepared.
+        while !store.next_segment_ready() {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let q = store
+            .create_queue(&topic(), QueueId(0))
+            .await
+            .expect("queue");
+        let batch = build_batch(0, 1024, 64 * 1024, Some(1));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let (cpu0, t0) = (cpu_seconds(), Instant::now());
+        let tasks: Vec<_> = (0..256)
+            .map(|_| {
+                let (store, batch) = (store.clone(), batch.clone());
+                glommio::spawn_local(async move {
+                    let mut h = histogram();
+                    while Instant::now() < deadline {
+                        let sent = Instant::now();
+                        store.append(q, batch.clone()).await.expect("append");
+                        h.saturating_record(sent.elapsed().as_micros() as u64);
+                    }
+                    h
+                })
+            })
+            .collect();
+        let mut all = histogram();
+        for t in tasks {
+            all.add(t.await).expect("same bounds");
+        }
+        let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+        store.close().await.expect("close");
+        SyncRound {
+            acks_s: all.len() as f64 / secs,
+            p50_us: all.value_at_quantile(0.5) as f64,
+            p99_us: all.value_at_quantile(0.99) as f64,
+            p999_us: all.value_at_quantile(0.999) as f64,
+            max_us: all.max() as f64,
+            cpu_us_per_ack: cpu * 1e6 / all.len().max(1) as f64,
+        }
+    })
+}
+
+// ---- scale (child processes) -----------------------------------------------
+
+/// Child: writes `scale_records` 100-byte records over `scale_queues`
+/// queues in batches of 100, reports, then closes cleanly.
+async fn child_write(s: Settings) {
+    let store = Store::open(DmaDisk, bench_config(&s.dir, FlushMode::Async))
+        .await
+        .expect("open");
+    let mut qs = Vec::new();
+    for i in 0..s.scale_queues {
+        qs.push(
+            store
+                .create_queue(&topic(), QueueId(i))
+                .await
+                .expect("queue"),
+        );
+    }
+    let per_batch = 100u64;
+    let batches: Vec<Bytes> = (0..s.scale_queues)
+        .map(|i| build_batch(i, 100, 1 << 20, Some(per_batch as usize)))
+        .collect();
+    let total_batches = s.scale_records / per_batch;
+    let t0 = Instant::now();
+    let next = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let writers: Vec<_> = (0..64)
+        .map(|_| {
+            let (store, qs, batches, next) =
+                (store.clone(), qs.clone(), batches.clone(), next.clone());
+            glommio::spawn_local(async move {
+                loop {
+                    let i = next.get();
+                    if i >= total_batches {
+                        return;
+                    }
+                    next.set(i + 1);
+                    let qi = (i % qs.len() as u64) as usize;
+                    store
+                        .append(qs[qi], batches[qi].clone())
+                        .await
+                        .expect("append");
+                }
+            })
+        })
+        .collect();
+    let progress = glommio::spawn_local({
+        let next = next.clone();
+        async move {
+            loop {
+                glommio::timer::sleep(Duration::from_secs(10)).await;
+                let done = next.get() * per_batch;
+                eprintln!(
+                    "scale: {done} of {} records, {:.0} records/s, RSS {} MiB",
+                    total_batches * per_batch,
+                    done as f64 / t0.elapsed().as_secs_f64(),
+                    rss_kib().0 >> 10
+                );
+            }
+        }
+    });
+    for w in writers {
+        w.await;
+    }
+    drop(progress);
+    let secs = t0.elapsed().as_secs_f64();
+    let (rss, hwm) = rss_kib();
+    store.close().await.expect("close");
+    let line = json!({"phase": "written", "records": total_batches * per_batch, "secs": secs,
+                      "rss_kib": rss, "rss_peak_kib": hwm});
+    println!("{line}");
+}
+
+/// Child: opens the store (timed), reports, then appends at full speed until killed.
+async fn child_open_then_write(s: Settings) {
+    let t0 = Instant::now();
+    let store = Store::open(DmaDisk, bench_config(&s.dir, FlushMode::Async))
+        .await
+        .expect("open");
+    let open_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let report = store.recovery_report().clone();
+    let line = json!({"phase": "opened", "open_ms": open_ms, "scanned_bytes": report.scanned_bytes,
+                      "clean": report.clean_shutdown, "rss_kib": rss_kib().0});
+    println!("{line}");
+    let qs: Vec<QueueNum> = (0..s.scale_queues)
+        .filter_map(|i| store.queue(&topic(), QueueId(i)))
+        .collect();
+    let batches: Vec<Bytes> = (0..s.scale_queues)
+        .map(|i| build_batch(i, 100, 1 << 20, Some(100)))
+        .collect();
+    let writers: Vec<_> = (0..64usize)
+        .map(|w| {
+            let (store, qs, batches) = (store.clone(), qs.clone(), batches.clone());
+            glommio::spawn_local(async move {
+                let mut i = w;
+                loop {
+                    let qi = i % qs.len();
+                    store
+                        .append(qs[qi], batches[qi].clone())
+                        .await
+                        .expect("append");
+                    i += 64;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await;
+    }
+}
+
+/// Runs this bench binary as a child; returns its JSON lines; kills it
+/// (SIGKILL) after `kill_after` if given.
+fn run_child(s: &Settings, child: &str, kill_after: Option<Duration>) -> Vec<Value> {
+    let exe = std::env::current_exe().expect("own path");
+    let mut proc = Command::new(exe)
+        .args(["--child", child, "--dir"])
+        .arg(&s.dir)
+        .args(["--scale-records", &s.scale_records.to_string()])
+        .args(["--scale-queues", &s.scale_queues.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("child starts");
+    let stdout = proc.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .collect::<Vec<_>>()
+    });
+    if let Some(after) = kill_after {
+        std::thread::sleep(after);
+        let _ = proc.kill();
+    }
+    let _ = proc.wait();
+    reader.join().unwrap_or_default()
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+fn scale(s: &Settings) -> Value {
+    fresh_dir(&s.dir);
+    eprintln!(
+        "scale: writing {} records over {} queues (child process)",
+        s.scale_records, s.scale_queues
+    );
+    let written = run_child(s, "write", None);
+    let bytes = dir_bytes(&s.dir);
+    eprintln!("scale: reopening after a clean shutdown, then appending until SIGKILL");
+    let clean = run_child(s, "open-then-write", Some(Duration::from_secs(8)));
+    eprintln!("scale: reopening after SIGKILL");
+    let crash = run_child(s, "open-then-write", Some(Duration::from_secs(3)));
+    let _ = std::fs::remove_dir_all(&s.dir);
+    json!({
+        "written": written.first(),
+        "data_bytes_on_disk": bytes,
+        "clean_restart": clean.first(),
+        "sigkill_restart": crash.first(),
+    })
+}
+
+// ---- report ----------------------------------------------------------------
+
+fn md_spread(x: &Spread, digits: usize) -> String {
+    format!("{:.d$} ({:.d$}-{:.d$})", x.median, x.min, x.max, d = digits)
+}
+
+/// Appenders in flight for the async case: each has one append
+/// outstanding, as a producer connection with that many pipelined sends.
+const ASYNC_APPENDERS: [usize; 2] = [16, 64];
+
+fn run_async(s: &Settings, md: &mut String) -> Result<Value, String> {
+    let mut fio_mib = Vec::new();
+    let mut rounds: Vec<Vec<ThroughputRound>> = vec![Vec::new(); ASYNC_APPENDERS.len()];
+    for r in 0..s.rounds {
+        eprintln!(
+            "async round {}/{}: fio, then ringmq with {ASYNC_APPENDERS:?} appenders",
+            r + 1,
+            s.rounds
+        );
+        fio_mib.push(fio_seq_write_mib_s(&fresh_dir(&s.dir), s.seconds)?);
+        for (i, &n) in ASYNC_APPENDERS.iter().enumerate() {
+            rounds[i].push(async_throughput(s.dir.clone(), s.seconds, n));
+        }
+    }
+    *md += "## async appends: 1 KiB records in 64 KiB batches, 1 shard\n\n\
+            | appenders in flight | MiB/s | records/s | CPU µs per MiB | ratio to fio (per round) |\n\
+            |---:|---:|---:|---:|---:|\n";
+    let mut out = serde_json::Map::new();
+    for (i, &n) in ASYNC_APPENDERS.iter().enumerate() {
+        let rs = &rounds[i];
+        let ratio = spread(rs.iter().zip(&fio_mib).map(|(r, f)| r.mib_s / f).collect());
+        *md += &format!(
+            "| {n} | {} | {} | {} | {} |\n",
+            md_spread(&spread(rs.iter().map(|r| r.mib_s).collect()), 1),
+            md_spread(&spread(rs.iter().map(|r| r.records_s).collect()), 0),
+            md_spread(&spread(rs.iter().map(|r| r.cpu_us_per_mib).collect()), 0),
+            md_spread(&ratio, 2),
+        );
+        out.insert(
+            format!("appenders_{n}"),
+            json!({"rounds": rs, "ratio": ratio}),
+        );
+    }
+    *md += &format!(
+        "\nfio sequential direct writes (1 MiB, io_uring, iodepth 4), same rounds: {} MiB/s.\n\n",
+        md_spread(&spread(fio_mib.clone()), 1)
+    );
+    out.insert("fio_mib_s".into(), json!(fio_mib));
+    Ok(Value::Object(out))
+}
+
+fn run_sync(s: &Settings, md: &mut String) -> Result<Value, String> {
+    let mut fio_r = Vec::new();
+    let mut rounds = Vec::new();
+    let mut zero_rounds = Vec::new();
+    for r in 0..s.rounds {
+        eprintln!(
+            "sync round {}/{}: fio, then ringmq with fallocated and with zero-filled segments",
+            r + 1,
+            s.rounds
+        );
+        fio_r.push(fio_fdatasync(&fresh_dir(&s.dir), s.seconds)?);
+        rounds.push(sync_acks(
+            s.dir.clone(),
+            s.seconds,
+            SegmentPrepare::Fallocate,
+        ));
+        zero_rounds.push(sync_acks(
+            s.dir.clone(),
+            s.seconds,
+            SegmentPrepare::ZeroFill,
+        ));
+    }
+    let sp = |rs: &[SyncRound], f: &dyn Fn(&SyncRound) -> f64| {
+        md_spread(&spread(rs.iter().map(f).collect()), 0)
+    };
+    let fp =
+        |f: &dyn Fn(&FsyncFigures) -> f64| md_spread(&spread(fio_r.iter().map(f).collect()), 0);
+    let ratio = |rs: &[SyncRound], f: &dyn Fn(&SyncRound, &FsyncFigures) -> f64| {
+        spread(rs.iter().zip(&fio_r).map(|(r, x)| f(r, x)).collect())
+    };
+    let p99_ratio = ratio(&rounds, &|r, f| r.p99_us / f.p99_us);
+    let tput_ratio = ratio(&rounds, &|r, f| r.acks_s / f.iops);
+    let zero_p99_ratio = ratio(&zero_rounds, &|r, f| r.p99_us / f.p99_us);
+    let zero_tput_ratio = ratio(&zero_rounds, &|r, f| r.acks_s / f.iops);
+    *md += &format!(
+        "## sync appends: 256 appenders of single 1 KiB records, 1 shard\n\n\
+         | | ringmq, fallocated segments | ringmq, zero-filled segments | fio 4 KiB write+fdatasync |\n|---|---:|---:|---:|\n\
+         | acks/s (IOPS) | {} | {} | {} |\n| p50 µs | {} | {} | {} |\n| p99 µs | {} | {} | {} |\n\
+         | p99.9 µs | {} | {} | {} |\n| max µs | {} | {} | |\n| CPU µs per ack | {} | {} | |\n\n\
+         Per-round ratios to fio: throughput {} (fallocated) and {} (zero-filled); \
+         p99 {} (fallocated) and {} (zero-filled).\n\n",
+        sp(&rounds, &|r| r.acks_s), sp(&zero_rounds, &|r| r.acks_s), fp(&|f| f.iops),
+        sp(&rounds, &|r| r.p50_us), sp(&zero_rounds, &|r| r.p50_us), fp(&|f| f.p50_us),
+        sp(&rounds, &|r| r.p99_us), sp(&zero_rounds, &|r| r.p99_us), fp(&|f| f.p99_us),
+        sp(&rounds, &|r| r.p999_us), sp(&zero_rounds, &|r| r.p999_us), fp(&|f| f.p999_us),
+        sp(&rounds, &|r| r.max_us), sp(&zero_rounds, &|r| r.max_us),
+        md_spread(&spread(rounds.iter().map(|r| r.cpu_us_per_ack).collect()), 1),
+        md_spread(&spread(zero_rounds.iter().map(|r| r.cpu_us_per_ack).collect()), 1),
+        md_spread(&tput_ratio, 1), md_spread(&zero_tput_ratio, 1),
+        md_spread(&p99_ratio, 2), md_spread(&zero_p99_ratio, 2),
+    );
+    Ok(
+        json!({"fallocate": rounds, "zero_fill": zero_rounds, "fio": fio_r,
+              "throughput_ratio": tput_ratio, "p99_ratio": p99_ratio,
+              "zero_fill_throughput_ratio": zero_tput_ratio, "zero_fill_p99_ratio": zero_p99_ratio}),
+    )
+}
+
+fn run_scale(s: &Settings, md: &mut String) -> Value {
+    let v = scale(s);
+    let g = |path: &[&str]| {
+        path.iter()
+            .fold(&v, |acc, k| &acc[*k])
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    *md += &format!(
+        "## scale: {} records of 100 B over {} queues, async (one run)\n\n\
+         | | value |\n|---|---:|\n| write time s | {:.1} |\n| records/s | {:.0} |\n\
+         | data on disk GiB | {:.2} |\n| peak RSS while writing MiB | {:.0} |\n\
+         | open after clean shutdown ms | {:.1} (scanned {} bytes) |\n\
+         | open after SIGKILL ms | {:.1} (scanned {:.0} MiB) |\n| RSS right after open MiB | {:.0} |\n\n",
+        s.scale_records,
+        s.scale_queues,
+        g(&["written", "secs"]),
+        g(&["written", "records"]) / g(&["written", "secs"]),
+        g(&["data_bytes_on_disk"]) / (1u64 << 30) as f64,
+        g(&["written", "rss_peak_kib"]) / 1024.0,
+        g(&["clean_restart", "open_ms"]),
+        g(&["clean_restart", "scanned_bytes"]),
+        g(&["sigkill_restart", "open_ms"]),
+        g(&["sigkill_restart", "scanned_bytes"]) / (1u64 << 20) as f64,
+        g(&["sigkill_restart", "rss_kib"]) / 1024.0,
+    );
+    v
+}
+
+fn main() -> ExitCode {
+    let s = match parse_args() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("store bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(child) = s.child.clone() {
+        let s2 = s.clone();
+        match child.as_str() {
+            "write" => on_shard(move || child_write(s2)),
+            "open-then-write" => on_shard(move || child_open_then_write(s2)),
+            other => {
+                eprintln!("store bench: unknown child {other}");
+                return ExitCode::from(2);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let started = support::utc_stamp();
+    let mut results = serde_json::Map::new();
+    let mut md = String::new();
+    let wants = |name: &str| s.only.iter().any(|o| o == name);
+    let mut outcome = Ok(());
+    if wants("async") {
+        outcome = outcome
+            .and_then(|()| run_async(&s, &mut md).map(|v| drop(results.insert("async".into(), v))));
+    }
+    if wants("sync") {
+        outcome = outcome
+            .and_then(|()| run_sync(&s, &mut md).map(|v| drop(results.insert("sync".into(), v))));
+    }
+    if let Err(e) = outcome {
+        eprintln!("store bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    if wants("scale") {
+        let v = run_scale(&s, &mut md);
+        results.insert("scale".into(), v);
+    }
+    let commit = support::git_commit();
+    let machine = support::machine();
+    let md = format!(
+        "# Store benchmark, {started}\n\nCommit `{commit}`; {} ({} cores), kernel {}; data in `{}`; \
+         {} rounds of {} s for async and sync.\n\n{md}Reproduce: `shard/benches/store-bench.sh` \
+         (installs fio, then runs `cargo bench -p ringmq-shard --bench store -- --out bench-results`).\n",
+        machine.cpu_model,
+        machine.cores,
+        machine.kernel,
+        s.dir.display(),
+        s.rounds,
+        s.seconds
+    );
+    print!("{md}");
+    let report = json!({
+        "bench": "store",
+        "started_utc": started,
+        "commit": commit,
+        "machine": machine,
+        "settings": {
+            "dir": s.dir, "seconds": s.seconds, "rounds": s.rounds,
+            "scale_records": s.scale_records, "scale_queues": s.scale_queues, "only": s.only,
+            "executor": "glommio, pinned to CPU 0",
+            "store": "StoreConfig::new defaults (1 GiB segments, 64 MiB pending, 64 MiB tail cache)",
+        },
+        "results": results,
+    });
+    match support::write_report(&s.out, "store", &started, &commit, &report, &md) {
+        Ok(base) => {
+            eprintln!("wrote {}.{{json,md}}", base.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("store bench: cannot write results: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
