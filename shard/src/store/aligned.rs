@@ -49,23 +49,29 @@ impl<F: DiskFile> AlignedWriter<F> {
         self.written
     }
 
-    /// Appends `data`: one write covering the partial block and `data`.
+    /// Appends `data`: one write covering the partial block and `data`,
+    /// copied once, straight into the device's buffer.
     pub(crate) async fn append(&mut self, data: &[u8]) -> Result<(), DiskError> {
         if data.is_empty() {
             return Ok(());
         }
         let start = align_down(self.written);
         let end = self.written + data.len() as u64;
-        let mut buf = Vec::with_capacity((align_up(end) - start) as usize);
-        buf.extend_from_slice(&self.tail);
-        buf.extend_from_slice(data);
-        buf.resize((align_up(end) - start) as usize, 0);
-        self.file.write_at(start, &buf).await?;
-        let new_tail_from = (align_down(end) - start) as usize;
-        let new_tail_to = (end - start) as usize;
-        self.tail.clear();
-        self.tail
-            .extend_from_slice(&buf[new_tail_from..new_tail_to]);
+        let len = (align_up(end) - start) as usize;
+        self.file
+            .write_parts_at(start, &[&self.tail, data], len)
+            .await?;
+        // The new partial block: its bytes up to `end`, from the old tail
+        // and `data` (the old tail only if `data` did not leave its block).
+        let new_block = align_down(end);
+        let mut tail = Vec::with_capacity(BLOCK_BYTES as usize);
+        if new_block < self.written {
+            tail.extend_from_slice(&self.tail[(new_block - start) as usize..]);
+            tail.extend_from_slice(data);
+        } else {
+            tail.extend_from_slice(&data[(new_block - self.written) as usize..]);
+        }
+        self.tail = tail;
         self.written = end;
         Ok(())
     }

@@ -45,6 +45,9 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     (digits.len() == 20).then(|| digits.parse().ok()).flatten()
 }
 
+/// Initial capacity of a pending chunk: a few MiB is a full round at speed.
+const CHUNK_CAPACITY_BYTES: usize = 4 << 20;
+
 /// Zero-fill writes this much at a time: large sequential writes.
 const ZERO_FILL_WRITE_BYTES: usize = 1 << 20;
 
@@ -160,7 +163,9 @@ impl<F: DiskFile> LogState<F> {
             self.pending.push_back(Chunk {
                 seg_start: self.active_start,
                 pos,
-                data: BytesMut::with_capacity(len.max(64 * 1024)),
+                // Sized for a full flush round so the chunk does not grow by
+                // reallocation (a copy each time); untouched pages cost nothing.
+                data: BytesMut::with_capacity(len.max(CHUNK_CAPACITY_BYTES)),
             });
         }
         self.end_pos += len as u64;

@@ -83,7 +83,13 @@ pub trait Disk: Clone + 'static {
 #[allow(async_fn_in_trait)]
 pub trait DiskFile: 'static {
     /// Writes `data` at `pos`; both are multiples of [`BLOCK_BYTES`].
-    async fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError>;
+    async fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.write_parts_at(pos, &[data], data.len()).await
+    }
+    /// Writes the concatenation of `parts`, zero-padded to `len` bytes, at
+    /// `pos` (`pos` and `len` multiples of [`BLOCK_BYTES`]): one copy into
+    /// the device buffer, no staging buffer.
+    async fn write_parts_at(&self, pos: u64, parts: &[&[u8]], len: usize) -> Result<(), DiskError>;
     /// Reads up to `len` bytes at `pos`; fewer only at the end of the file.
     async fn read_at(&self, pos: u64, len: usize) -> Result<Bytes, DiskError>;
     /// fdatasync: every completed write becomes durable.
@@ -191,19 +197,34 @@ impl Disk for DmaDisk {
     }
 }
 
+/// Copies `parts` into `dst` and zeroes the rest.
+fn fill(dst: &mut [u8], parts: &[&[u8]]) {
+    let mut at = 0;
+    for part in parts {
+        dst[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    dst[at..].fill(0);
+}
+
 impl DiskFile for DmaDiskFile {
-    async fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
-        let mut buf = self.file.alloc_dma_buffer(data.len());
-        buf.as_bytes_mut().copy_from_slice(data);
+    async fn write_parts_at(&self, pos: u64, parts: &[&[u8]], len: usize) -> Result<(), DiskError> {
+        let data_len: usize = parts.iter().map(|p| p.len()).sum();
+        if data_len > len {
+            let e = io::Error::new(io::ErrorKind::InvalidInput, "parts exceed the write length");
+            return Err(DiskError::new("write", &self.path, e));
+        }
+        let mut buf = self.file.alloc_dma_buffer(len);
+        fill(buf.as_bytes_mut(), parts);
         let written = self
             .file
             .write_at(buf, pos)
             .await
             .map_err(|e| glommio_err("write", &self.path, e))?;
-        if written != data.len() {
+        if written != len {
             let e = io::Error::new(
                 io::ErrorKind::WriteZero,
-                format!("short write: {written} of {}", data.len()),
+                format!("short write: {written} of {}", len),
             );
             return Err(DiskError::new("write", &self.path, e));
         }
@@ -501,19 +522,21 @@ impl Disk for MemDisk {
 }
 
 impl DiskFile for MemDiskFile {
-    async fn write_at(&self, pos: u64, data: &[u8]) -> Result<(), DiskError> {
+    async fn write_parts_at(&self, pos: u64, parts: &[&[u8]], len: usize) -> Result<(), DiskError> {
+        let mut data = vec![0u8; len];
+        fill(&mut data, parts);
         debug_assert_eq!(pos % BLOCK_BYTES, 0, "unaligned write position");
         debug_assert_eq!(data.len() as u64 % BLOCK_BYTES, 0, "unaligned write length");
         let mut fs = self.fs.borrow_mut();
         fs.check(DiskOp::Write, &self.path)?;
-        let len = self.file.borrow().data.len() as u64;
+        let file_len = self.file.borrow().data.len() as u64;
         fs.ensure_room(
-            (pos + data.len() as u64).saturating_sub(len),
+            (pos + data.len() as u64).saturating_sub(file_len),
             "write",
             &self.path,
         )?;
-        write_into(&mut self.file.borrow_mut().data, pos, data);
-        fs.last_write = Some((self.file.clone(), pos, data.to_vec()));
+        write_into(&mut self.file.borrow_mut().data, pos, &data);
+        fs.last_write = Some((self.file.clone(), pos, data));
         Ok(())
     }
 
