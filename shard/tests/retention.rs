@@ -50,11 +50,7 @@ async fn check_suffixes(store: &Store<MemDisk>, model: &[Vec<Vec<u8>>]) {
         let q = store.queue(&topic(), QueueId(i as u32)).unwrap();
         let (min, max) = store.offsets(q).unwrap();
         assert_eq!(max as usize, expect.len());
-        let got: Vec<Vec<u8>> = read_all(store, q)
-            .await
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let got: Vec<Vec<u8>> = read_bodies(store, q).await;
         assert_eq!(
             got,
             expect[min as usize..],

@@ -24,11 +24,7 @@ fn append_fetch_across_segments_and_restarts() {
                 expect0.extend(b);
             }
         }
-        let got: Vec<Vec<u8>> = read_all(&store, q0)
-            .await
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let got: Vec<Vec<u8>> = read_bodies(&store, q0).await;
         assert_eq!(got, expect0);
         let segments = disk
             .paths()
@@ -47,11 +43,7 @@ fn append_fetch_across_segments_and_restarts() {
         assert_eq!(report.scanned_bytes, 0, "a clean shutdown does not rescan");
         assert_eq!(report.cut, None);
         let q0 = store.queue(&topic(), QueueId(0)).unwrap();
-        let got: Vec<Vec<u8>> = read_all(&store, q0)
-            .await
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let got: Vec<Vec<u8>> = read_bodies(&store, q0).await;
         assert_eq!(got, expect0);
         // Appends continue at the next offset.
         let more = store
@@ -93,11 +85,7 @@ fn sync_mode_survives_a_crash_and_async_keeps_a_prefix() {
             drop(store);
             let store = Store::open(disk.clone(), cfg).await.unwrap();
             let q = store.queue(&topic(), QueueId(0)).unwrap();
-            let got: Vec<Vec<u8>> = read_all(&store, q)
-                .await
-                .into_iter()
-                .map(|(_, b)| b)
-                .collect();
+            let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
             match flush {
                 FlushMode::Sync => assert_eq!(got, expect, "every acknowledged record survives"),
                 _ => assert_eq!(got, expect[..got.len()], "a prefix survives, in order"),
@@ -148,11 +136,7 @@ fn corruption_cuts_at_the_first_bad_batch_and_serves_what_is_before() {
         assert!(reason.contains("crc"), "{reason}");
         assert!(cut_at > 0);
         let q = store.queue(&topic(), QueueId(0)).unwrap();
-        let got: Vec<Vec<u8>> = read_all(&store, q)
-            .await
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
         assert_eq!(
             got,
             all[..positions[6]],
@@ -220,21 +204,13 @@ fn a_full_disk_fails_the_append_and_loses_nothing() {
             assert!(acked.len() < 10_000, "the disk never filled");
         };
         assert!(matches!(err, StoreError::DiskFull(_)), "{err}");
-        let got: Vec<Vec<u8>> = read_all(&store, q)
-            .await
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
         assert_eq!(got, acked);
         disk.set_capacity(None);
         store.close().await.unwrap();
         let store = Store::open(disk, cfg).await.unwrap();
         let q = store.queue(&topic(), QueueId(0)).unwrap();
-        let got: Vec<Vec<u8>> = read_all(&store, q)
-            .await
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
         assert_eq!(got, acked, "nothing acknowledged was lost");
         store.close().await.unwrap();
     });
@@ -295,26 +271,13 @@ fn real_disk_round_trip() {
         cfg.flush = FlushMode::Sync;
         let store = Store::open(DmaDisk, cfg.clone()).await.unwrap();
         let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
-        let mut expect = Vec::new();
-        for i in 0..100u64 {
-            let b = bodies(i, 3, 150);
-            store.append(q, batch(0, &b)).await.unwrap();
-            expect.extend(b);
-        }
-        let got: Vec<Vec<u8>> = read_all(&store, q)
-            .await
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let expect = append_bodies(&store, q, 0..100, 3, 150).await;
+        let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
         assert_eq!(got, expect);
         store.close().await.unwrap();
         let store = Store::open(DmaDisk, cfg).await.unwrap();
         let q = store.queue(&topic(), QueueId(0)).unwrap();
-        let got: Vec<Vec<u8>> = read_all(&store, q)
-            .await
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
         assert_eq!(got, expect);
         store.close().await.unwrap();
     });
@@ -328,20 +291,11 @@ fn catch_up_reads_do_not_evict_the_tail() {
             .await
             .unwrap();
         let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
-        let mut all = Vec::new();
-        for i in 0..100u64 {
-            let b = bodies(i, 2, 400);
-            store.append(q, batch(0, &b)).await.unwrap();
-            all.extend(b);
-        }
+        let all = append_bodies(&store, q, 0..100, 2, 400).await;
         let tail_before = store.tail_cache_bytes();
         assert!(tail_before > 0);
         // Reading from offset 0 goes far behind the 32 KiB tail.
-        let got: Vec<Vec<u8>> = read_all(&store, q)
-            .await
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
         assert_eq!(got, all);
         assert_eq!(
             store.tail_cache_bytes(),
@@ -360,20 +314,11 @@ fn zero_filled_segments_work_like_fallocated_ones() {
         cfg.segment_prepare = ringmq_shard::store::SegmentPrepare::ZeroFill;
         let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
         let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
-        let mut all = Vec::new();
-        for i in 0..80u64 {
-            let b = bodies(i, 3, 500);
-            store.append(q, batch(0, &b)).await.unwrap();
-            all.extend(b);
-        }
+        let all = append_bodies(&store, q, 0..80, 3, 500).await;
         store.close().await.unwrap();
         let store = Store::open(disk, cfg).await.unwrap();
         let q = store.queue(&topic(), QueueId(0)).unwrap();
-        let got: Vec<Vec<u8>> = read_all(&store, q)
-            .await
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
         assert_eq!(got, all);
         store.close().await.unwrap();
     });

@@ -62,11 +62,7 @@ async fn check_all(store: &Store<MemDisk>, model: &Model) -> Result<(), String> 
         let q = store
             .queue(&topic(), QueueId(i as u32))
             .ok_or("queue vanished")?;
-        let got: Vec<Vec<u8>> = read_all(store, q)
-            .await
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let got: Vec<Vec<u8>> = read_bodies(store, q).await;
         if &got != expect {
             return Err(format!(
                 "queue {i}: got {} records, expected {}",
@@ -211,11 +207,7 @@ async fn run_ops(flush: FlushMode, ops: Vec<Op>) -> Result<(), String> {
                     let q = store
                         .queue(&topic(), QueueId(i as u32))
                         .ok_or("queue lost in crash")?;
-                    let got: Vec<Vec<u8>> = read_all(&store, q)
-                        .await
-                        .into_iter()
-                        .map(|(_, b)| b)
-                        .collect();
+                    let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
                     let ok = match flush {
                         FlushMode::Sync => &got == expect,
                         FlushMode::Async => expect.starts_with(&got),

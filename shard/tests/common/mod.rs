@@ -80,6 +80,33 @@ pub async fn read_all<D: Disk>(store: &Store<D>, q: QueueNum) -> Vec<(u64, Vec<u
     out
 }
 
+/// The bodies of every record of queue `q`, in offset order.
+pub async fn read_bodies<D: Disk>(store: &Store<D>, q: QueueNum) -> Vec<Vec<u8>> {
+    read_all(store, q)
+        .await
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect()
+}
+
+/// Appends one batch of `records` bodies of about `len` bytes to queue 0's
+/// `q` for each seed in `seeds`; returns the bodies in order.
+pub async fn append_bodies<D: Disk>(
+    store: &Store<D>,
+    q: QueueNum,
+    seeds: std::ops::Range<u64>,
+    records: usize,
+    len: usize,
+) -> Vec<Vec<u8>> {
+    let mut all = Vec::new();
+    for seed in seeds {
+        let b = bodies(seed, records, len);
+        store.append(q, batch(0, &b)).await.unwrap();
+        all.extend(b);
+    }
+    all
+}
+
 pub fn bodies(seed: u64, n: usize, len: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| format!("{seed}-{i}-{}", "x".repeat(len)).into_bytes())
