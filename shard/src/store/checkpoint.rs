@@ -35,7 +35,19 @@ pub(crate) struct Checkpoint {
     /// Newest store time per segment (start position, ms), for retention.
     #[serde(default)]
     pub(crate) segment_max_ts: Vec<(u64, i64)>,
+    /// The newest generation among entries before `log_position`.
+    #[serde(default)]
+    pub(crate) log_generation: u32,
 }
+
+/// The last store run's generation (see commit_log.rs); bumped durably at
+/// every open before anything is appended.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct Generation {
+    pub(crate) generation: u32,
+}
+
+pub(crate) const GENERATION_FILE: &str = "generation";
 
 /// A queue's offsets at a checkpoint.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]

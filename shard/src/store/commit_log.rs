@@ -1,15 +1,23 @@
 //! The shard's commit log: fixed-size segment files holding every queue's
 //! batches interleaved, in append order.
 //!
-//! A log entry is an 8-byte prefix and the batch, byte for byte as sent
+//! A log entry is a 16-byte prefix and the batch, byte for byte as sent
 //! (with the broker's offset and store time stamped in):
 //!
 //! ```text
 //! offset size field
-//!      0    4 qnum   u32 LE, the shard-local queue number (>= 1)
-//!      4    4 check  crc32c(qnum LE ++ batch crc LE)
-//!      8    . batch  a record batch (core/PROTOCOL.md)
+//!      0    4 qnum        u32 LE, the shard-local queue number (>= 1)
+//!      4    4 generation  u32 LE, the store run that wrote the entry
+//!      8    4 check       crc32c(qnum LE ++ generation LE ++ batch crc LE)
+//!     12    4 reserved    0
+//!     16    . batch       a record batch (core/PROTOCOL.md)
 //! ```
+//!
+//! Every open durably bumps the generation before it appends, so along a
+//! valid log generations never decrease. Bytes a crash left beyond the end
+//! of the log (a torn block of lost, unsynced writes) carry an older
+//! generation than the entries a later run writes before them: recovery
+//! cuts there instead of taking them for new records at reused offsets.
 //!
 //! Entries never straddle segments: an entry that does not fit leaves the
 //! rest of its segment zero and goes to the next. Eight zero bytes where a
@@ -24,14 +32,56 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 /// Bytes before the batch in a log entry.
-pub(crate) const ENTRY_PREFIX_BYTES: usize = 8;
+pub(crate) const ENTRY_PREFIX_BYTES: usize = 16;
 
-/// The prefix's check value: ties the queue number to the batch it labels.
-pub(crate) fn entry_check(qnum: u32, batch_crc: u32) -> u32 {
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&qnum.to_le_bytes());
-    b[4..].copy_from_slice(&batch_crc.to_le_bytes());
-    crc32c::crc32c(&b)
+/// The labels of a log entry: which queue, written by which run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryPrefix {
+    pub(crate) qnum: u32,
+    pub(crate) generation: u32,
+}
+
+impl EntryPrefix {
+    fn check(&self, batch_crc: u32) -> u32 {
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&self.qnum.to_le_bytes());
+        b[4..8].copy_from_slice(&self.generation.to_le_bytes());
+        b[8..].copy_from_slice(&batch_crc.to_le_bytes());
+        crc32c::crc32c(&b)
+    }
+
+    /// Writes the prefix for a batch whose crc is `batch_crc` into `out`.
+    pub(crate) fn write(&self, batch_crc: u32, out: &mut [u8]) {
+        out[..4].copy_from_slice(&self.qnum.to_le_bytes());
+        out[4..8].copy_from_slice(&self.generation.to_le_bytes());
+        out[8..12].copy_from_slice(&self.check(batch_crc).to_le_bytes());
+        out[12..16].copy_from_slice(&0u32.to_le_bytes());
+    }
+
+    /// Whether `bytes` (a prefix's place) are all zero: no entry there.
+    pub(crate) fn is_empty(bytes: &[u8]) -> bool {
+        bytes.iter().take(ENTRY_PREFIX_BYTES).all(|&b| b == 0)
+    }
+
+    /// Reads a prefix and checks it against the batch's crc.
+    pub(crate) fn read(bytes: &[u8], batch_crc: u32) -> Result<Self, &'static str> {
+        let word = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|w| w.try_into().ok())
+                .map(u32::from_le_bytes)
+        };
+        let (Some(qnum), Some(generation), Some(check), Some(reserved)) =
+            (word(0), word(4), word(8), word(12))
+        else {
+            return Err("entry prefix truncated");
+        };
+        let prefix = Self { qnum, generation };
+        if reserved != 0 || check != prefix.check(batch_crc) {
+            return Err("entry prefix check fails");
+        }
+        Ok(prefix)
+    }
 }
 
 /// The file name of the segment starting at `start`.
@@ -119,6 +169,8 @@ pub(crate) struct LogState<F> {
     pub(crate) pending_bytes: usize,
     /// Everything before this is written.
     pub(crate) written_pos: u64,
+    /// Everything before this is durable (fdatasynced).
+    pub(crate) synced_pos: u64,
     /// Everything before this is acknowledged (written, or synced in `sync` mode).
     pub(crate) acked_pos: u64,
     pub(crate) waiters: VecDeque<Waiter>,
@@ -135,6 +187,7 @@ impl<F: DiskFile> LogState<F> {
             pending: VecDeque::new(),
             pending_bytes: 0,
             written_pos: end_pos,
+            synced_pos: end_pos,
             acked_pos: end_pos,
             waiters: VecDeque::new(),
         }
@@ -198,8 +251,21 @@ mod tests {
     }
 
     #[test]
-    fn check_ties_queue_to_batch() {
-        assert_ne!(entry_check(1, 7), entry_check(2, 7));
-        assert_ne!(entry_check(1, 7), entry_check(1, 8));
+    fn prefix_round_trips_and_ties_queue_generation_and_batch() {
+        let p = EntryPrefix {
+            qnum: 3,
+            generation: 9,
+        };
+        let mut b = [0u8; ENTRY_PREFIX_BYTES];
+        p.write(0xdead_beef, &mut b);
+        assert_eq!(EntryPrefix::read(&b, 0xdead_beef), Ok(p));
+        assert!(EntryPrefix::read(&b, 0xdead_beee).is_err(), "another batch");
+        for i in 0..12 {
+            let mut bad = b;
+            bad[i] ^= 1;
+            assert!(EntryPrefix::read(&bad, 0xdead_beef).is_err(), "byte {i}");
+        }
+        assert!(EntryPrefix::is_empty(&[0; ENTRY_PREFIX_BYTES]));
+        assert!(!EntryPrefix::is_empty(&b));
     }
 }

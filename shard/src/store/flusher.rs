@@ -10,6 +10,7 @@ use super::checkpoint::{self, Checkpoint, QueueCheckpoint};
 use super::disk::{Disk, DiskFile};
 use super::queue_index::{IndexWriters, ENTRIES_PER_BLOCK, INDEX_ENTRY_BYTES};
 use super::{Inner, State, StoreError};
+use futures::channel::oneshot;
 use ringmq_core::FlushMode;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -23,10 +24,18 @@ pub(super) struct Flusher<D: Disk> {
     segment: Option<(u64, AlignedWriter<D::File>)>,
     unsynced: BTreeMap<u64, Rc<D::File>>,
     unsynced_bytes: u64,
-    synced_pos: u64,
     last_sync: Instant,
     last_checkpoint: Instant,
+    /// Slots for fdatasyncs in flight ([`SYNCS_IN_FLIGHT`]).
+    sync_slots: Rc<glommio::sync::Semaphore>,
+    /// Completes when the last started fdatasync has acknowledged (or failed).
+    last_sync_done: oneshot::Receiver<bool>,
 }
+
+/// fdatasyncs in flight at once: while one runs, the next round is written
+/// and its fdatasync queued, so writing and syncing overlap instead of
+/// alternating.
+const SYNCS_IN_FLIGHT: u64 = 2;
 
 /// Which index entries to write.
 #[derive(Debug, Clone, Copy)]
@@ -79,8 +88,9 @@ impl<D: Disk> Flusher<D> {
         inner: Weak<Inner<D>>,
         wake: glommio::channels::local_channel::LocalReceiver<()>,
         index: IndexWriters<D>,
-        synced_pos: u64,
     ) -> Self {
+        let (done, last_sync_done) = oneshot::channel();
+        let _ = done.send(true);
         Self {
             inner,
             wake,
@@ -88,9 +98,10 @@ impl<D: Disk> Flusher<D> {
             segment: None,
             unsynced: BTreeMap::new(),
             unsynced_bytes: 0,
-            synced_pos,
             last_sync: Instant::now(),
             last_checkpoint: Instant::now(),
+            sync_slots: Rc::new(glommio::sync::Semaphore::new(SYNCS_IN_FLIGHT)),
+            last_sync_done,
         }
     }
 
@@ -126,7 +137,7 @@ impl<D: Disk> Flusher<D> {
         }
     }
 
-    async fn round(&mut self, inner: &Inner<D>) -> Result<(), StoreError> {
+    async fn round(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
         let chunks: Vec<_> = {
             let mut st = inner.state.borrow_mut();
             st.log.pending_bytes = 0;
@@ -153,13 +164,12 @@ impl<D: Disk> Flusher<D> {
                 }
             };
         if sync_due {
-            self.sync_log(inner).await?;
+            self.start_sync(inner).await?;
         }
-        let ack_to = match cfg.flush {
-            FlushMode::Sync => self.synced_pos,
-            FlushMode::Async => inner.state.borrow().log.written_pos,
-        };
-        acknowledge(inner, ack_to);
+        if cfg.flush == FlushMode::Async {
+            let written = inner.state.borrow().log.written_pos;
+            acknowledge(inner, written);
+        }
         flush_index(&inner.state, &mut self.index, IndexFlush::FullBlocks).await?;
         if self.last_checkpoint.elapsed() >= Duration::from_millis(cfg.checkpoint_interval_ms) {
             self.checkpoint(inner, false).await?;
@@ -193,22 +203,79 @@ impl<D: Disk> Flusher<D> {
         Ok(())
     }
 
-    async fn sync_log(&mut self, inner: &Inner<D>) -> Result<(), StoreError> {
+    /// Starts an fdatasync of every segment written since the last one, as
+    /// its own task: it covers everything written so far, and (in `sync`
+    /// mode) acknowledges it once it and every earlier fdatasync succeeded.
+    /// Waits only while [`SYNCS_IN_FLIGHT`] are running.
+    async fn start_sync(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
+        let slot = self
+            .sync_slots
+            .acquire_static_permit(1)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let files: Vec<Rc<D::File>> = std::mem::take(&mut self.unsynced).into_values().collect();
+        let covered = inner.state.borrow().log.written_pos;
+        self.unsynced_bytes = 0;
+        self.last_sync = Instant::now();
+        let (done, next_done) = oneshot::channel();
+        let previous = std::mem::replace(&mut self.last_sync_done, next_done);
+        let weak = Rc::downgrade(inner);
+        glommio::spawn_local(async move {
+            let _slot = slot;
+            let mut result = Ok(());
+            for file in files {
+                if let Err(e) = file.sync().await {
+                    result = Err(StoreError::from(e));
+                    break;
+                }
+            }
+            // A later fdatasync says nothing about an older segment still
+            // being synced: acknowledge in the order the syncs started.
+            let earlier_ok = previous.await.unwrap_or(false);
+            let Some(inner) = weak.upgrade() else { return };
+            let ok = match result {
+                Ok(()) if earlier_ok => {
+                    mark_synced(&inner, covered);
+                    true
+                }
+                Ok(()) => false,
+                Err(e) => {
+                    poison(&inner, &e);
+                    false
+                }
+            };
+            let _ = done.send(ok);
+        })
+        .detach();
+        Ok(())
+    }
+
+    /// Waits for every fdatasync in flight, then syncs what is left inline:
+    /// afterwards everything written is durable (or the store is poisoned).
+    async fn sync_all(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
+        let all = self
+            .sync_slots
+            .acquire_permit(SYNCS_IN_FLIGHT)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        drop(all);
+        if let Some(cause) = inner.state.borrow().poisoned.clone() {
+            return Err(StoreError::Poisoned(cause));
+        }
         let written = inner.state.borrow().log.written_pos;
         for file in std::mem::take(&mut self.unsynced).into_values() {
             file.sync().await?;
         }
-        self.synced_pos = written;
         self.unsynced_bytes = 0;
         self.last_sync = Instant::now();
+        mark_synced(inner, written);
         Ok(())
     }
 
     /// Syncs the log, brings every index file up to the acknowledged
     /// offsets, syncs them, then records the position atomically.
-    async fn checkpoint(&mut self, inner: &Inner<D>, clean: bool) -> Result<(), StoreError> {
-        self.sync_log(inner).await?;
-        acknowledge(inner, self.synced_pos);
+    async fn checkpoint(&mut self, inner: &Rc<Inner<D>>, clean: bool) -> Result<(), StoreError> {
+        self.sync_all(inner).await?;
         flush_index(&inner.state, &mut self.index, IndexFlush::UpToVisible).await?;
         self.index.sync().await?;
         let ckpt = {
@@ -232,6 +299,11 @@ impl<D: Disk> Flusher<D> {
                     .map(|((g, q), o)| (g.as_str().to_owned(), *q, *o))
                     .collect(),
                 segment_max_ts: st.segment_max_ts.iter().map(|(s, t)| (*s, *t)).collect(),
+                log_generation: if st.log.acked_pos > st.generation_start_pos {
+                    st.generation
+                } else {
+                    st.previous_generation
+                },
             }
         };
         checkpoint::write_meta(
@@ -244,6 +316,20 @@ impl<D: Disk> Flusher<D> {
         inner.state.borrow_mut().checkpoint_pos = ckpt.log_position;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+}
+
+/// Records that everything before `pos` is durable; in `sync` mode that
+/// is what acknowledges appends.
+fn mark_synced<D: Disk>(inner: &Inner<D>, pos: u64) {
+    {
+        let mut st = inner.state.borrow_mut();
+        st.log.synced_pos = st.log.synced_pos.max(pos);
+    }
+    let written = inner.state.borrow().log.written_pos;
+    match inner.cfg.flush {
+        FlushMode::Sync => acknowledge(inner, pos),
+        FlushMode::Async => acknowledge(inner, written),
     }
 }
 

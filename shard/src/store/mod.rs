@@ -46,7 +46,7 @@ pub use ringmq_core::FlushMode;
 
 use bytes::Bytes;
 use checkpoint::QueueRow;
-use commit_log::{entry_check, LogState, Waiter, ENTRY_PREFIX_BYTES};
+use commit_log::{EntryPrefix, LogState, Waiter, ENTRY_PREFIX_BYTES};
 use futures::channel::oneshot;
 use queue_index::{BlockCache, IndexEntry, INDEX_ENTRY_BYTES};
 use range_cache::RangeCache;
@@ -298,6 +298,13 @@ struct State<F> {
     segment_max_ts: BTreeMap<u64, i64>,
     /// Log position of the last checkpoint: retention deletes only before it.
     checkpoint_pos: u64,
+    /// This run's generation, written into every entry it appends.
+    generation: u32,
+    /// Where this run's first entry goes: a checkpoint past it covers
+    /// entries of this generation.
+    generation_start_pos: u64,
+    /// The newest generation among entries before `generation_start_pos`.
+    previous_generation: u32,
 }
 
 impl<F> State<F> {
@@ -750,13 +757,13 @@ fn check_entry(qnum: u32, position: u64, entry: Bytes) -> Result<Bytes, StoreErr
     if entry.len() < ENTRY_PREFIX_BYTES + BATCH_HEADER_BYTES {
         return Err(corrupt(format!("short read: {} bytes", entry.len())));
     }
-    let found_q = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
-    let check = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
     let batch = entry.slice(ENTRY_PREFIX_BYTES..);
     let verified = batch::verify(&batch).map_err(|e| corrupt(e.to_string()))?;
-    if found_q != qnum || check != entry_check(found_q, verified.header.crc) {
+    let prefix = EntryPrefix::read(&entry, verified.header.crc).map_err(|e| corrupt(e.into()))?;
+    if prefix.qnum != qnum {
         return Err(corrupt(format!(
-            "entry belongs to queue {found_q}, expected {qnum}"
+            "entry belongs to queue {}, expected {qnum}",
+            prefix.qnum
         )));
     }
     if verified.header.length as usize != batch.len() {
@@ -804,6 +811,7 @@ fn place<F: DiskFile>(
     let count = batch.header().record_count;
     let base_offset = st.queue(q)?.next_offset;
     let entry_len = ENTRY_PREFIX_BYTES + batch.bytes().len();
+    let generation = st.generation;
     let (buf, position) = st.log.reserve(entry_len);
     let at = buf.len();
     buf.extend_from_slice(&[0; ENTRY_PREFIX_BYTES]);
@@ -811,8 +819,11 @@ fn place<F: DiskFile>(
     let stored = &mut buf[at + ENTRY_PREFIX_BYTES..];
     batch::stamp(stored, base_offset, now_ms, batch.tail_crc());
     let crc = u32::from_le_bytes([stored[4], stored[5], stored[6], stored[7]]);
-    buf[at..at + 4].copy_from_slice(&q.0.to_le_bytes());
-    buf[at + 4..at + 8].copy_from_slice(&entry_check(q.0, crc).to_le_bytes());
+    EntryPrefix {
+        qnum: q.0,
+        generation,
+    }
+    .write(crc, &mut buf[at..at + ENTRY_PREFIX_BYTES]);
     let end_pos = st.log.end_pos;
     let newest = st
         .segment_max_ts

@@ -5,7 +5,7 @@
 //! the end of the log and the scan reads a single block.
 
 use super::checkpoint::{self, Checkpoint, QueueRow};
-use super::commit_log::{self, entry_check, LogState, ENTRY_PREFIX_BYTES};
+use super::commit_log::{self, EntryPrefix, LogState, ENTRY_PREFIX_BYTES};
 use super::disk::{align_down, Disk, DiskFile};
 use super::flusher::{self, flush_index, Flusher, IndexFlush};
 use super::queue_index::{BlockCache, IndexEntry, IndexWriters};
@@ -44,6 +44,14 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
                 Checkpoint::default()
             }
         };
+    let last_generation = checkpoint::read_meta::<D, checkpoint::Generation>(
+        &disk,
+        &cfg.dir,
+        checkpoint::GENERATION_FILE,
+    )
+    .await?
+    .unwrap_or_default()
+    .generation;
     let state = RefCell::new(initial_state::<D>(&cfg, &rows, &ckpt)?);
     let mut segments = BTreeMap::new();
     for name in disk.list(&cfg.log_dir()).await? {
@@ -60,7 +68,22 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
     let mut index = IndexWriters::new(disk.clone(), cfg.dir.clone(), cfg.index_entries_per_file);
     let first = segments.keys().next().copied().unwrap_or(0);
     let from = ckpt.log_position.max(first);
-    let scan = scan(&cfg, &segments, from, &state, &mut index).await?;
+    let generations = Generations {
+        newest: ckpt.log_generation,
+        last_run: last_generation,
+    };
+    let scan = scan(&cfg, &segments, from, &state, &mut index, generations).await?;
+    // This run's generation is durable before it appends anything.
+    let generation = last_generation
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Internal("generation overflow".into()))?;
+    checkpoint::write_meta(
+        &disk,
+        &cfg.dir,
+        checkpoint::GENERATION_FILE,
+        &checkpoint::Generation { generation },
+    )
+    .await?;
     let active_start = scan.last_segment;
     // Segments after the active one hold nothing we keep (a prepared empty
     // segment, or data after a cut): remove them.
@@ -78,6 +101,9 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
         let mut st = state.borrow_mut();
         st.log = LogState::new(cfg.segment_bytes, active_start, scan.end_pos);
         st.log.segments = segments;
+        st.generation = generation;
+        st.generation_start_pos = scan.end_pos;
+        st.previous_generation = scan.newest_generation;
         for q in st.queues.iter_mut() {
             q.visible_next = q.next_offset;
         }
@@ -117,7 +143,7 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
         catch_up,
         cfg,
     });
-    let flusher = Flusher::new(Rc::downgrade(&inner), rx, index, scan.end_pos);
+    let flusher = Flusher::new(Rc::downgrade(&inner), rx, index);
     *inner.flusher.borrow_mut() = Some(glommio::spawn_local(flusher.run()));
     let period = Duration::from_millis(
         inner
@@ -224,6 +250,9 @@ fn initial_state<D: Disk>(
         index_files: HashMap::new(),
         segment_max_ts: ckpt.segment_max_ts.iter().copied().collect(),
         checkpoint_pos: ckpt.log_position,
+        generation: 0,
+        generation_start_pos: 0,
+        previous_generation: ckpt.log_generation,
     })
 }
 
@@ -232,6 +261,15 @@ struct ScanResult {
     end_pos: u64,
     last_segment: u64,
     cut: Option<(u64, String)>,
+    newest_generation: u32,
+}
+
+/// What the scan knows about generations: entries must not go below
+/// `newest` (the newest seen so far) nor above `last_run`.
+#[derive(Debug, Clone, Copy)]
+struct Generations {
+    newest: u32,
+    last_run: u32,
 }
 
 /// Buffered sequential reads of one segment.
@@ -276,6 +314,7 @@ async fn scan<D: Disk>(
     from: u64,
     state: &RefCell<State<D::File>>,
     index: &mut IndexWriters<D>,
+    mut generations: Generations,
 ) -> Result<ScanResult, StoreError> {
     let mut pos = from;
     let mut seg_start = align_down_to(from, cfg.segment_bytes);
@@ -290,7 +329,7 @@ async fn scan<D: Disk>(
             buf_from: 0,
         };
         let step = loop {
-            let step = scan_entry(&mut reader, pos - seg_start, state).await?;
+            let step = scan_entry(&mut reader, pos - seg_start, state, &mut generations).await?;
             let Step::Entry { len } = step else {
                 break step;
             };
@@ -343,6 +382,7 @@ async fn scan<D: Disk>(
         end_pos: pos,
         last_segment: seg_start,
         cut,
+        newest_generation: generations.newest,
     })
 }
 
@@ -350,15 +390,14 @@ async fn scan_entry<F: DiskFile, G>(
     reader: &mut SegmentReader<'_, F>,
     at: u64,
     state: &RefCell<State<G>>,
+    generations: &mut Generations,
 ) -> Result<Step, StoreError> {
-    let Some(prefix) = reader.bytes(at, ENTRY_PREFIX_BYTES).await? else {
+    let Some(head) = reader.bytes(at, ENTRY_PREFIX_BYTES).await? else {
         return Ok(Step::EndOfSegment);
     };
-    if prefix.iter().all(|&b| b == 0) {
+    if EntryPrefix::is_empty(head) {
         return Ok(Step::EndOfSegment);
     }
-    let qnum = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-    let check = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
     let Some(head) = reader
         .bytes(at, ENTRY_PREFIX_BYTES + BATCH_HEADER_BYTES)
         .await?
@@ -377,11 +416,23 @@ async fn scan_entry<F: DiskFile, G>(
         Ok(v) => v,
         Err(e) => return Ok(Step::Bad(e.to_string())),
     };
-    if check != entry_check(qnum, verified.header.crc) {
+    let prefix = match EntryPrefix::read(entry, verified.header.crc) {
+        Ok(p) => p,
+        Err(e) => return Ok(Step::Bad(e.into())),
+    };
+    if prefix.generation < generations.newest {
         return Ok(Step::Bad(format!(
-            "prefix check fails for queue number {qnum}"
+            "stale entry of generation {} after generation {}: left over from a lost write",
+            prefix.generation, generations.newest
         )));
     }
+    if prefix.generation > generations.last_run {
+        return Ok(Step::Bad(format!(
+            "entry of generation {} from no known run",
+            prefix.generation
+        )));
+    }
+    let qnum = prefix.qnum;
     let mut st = state.borrow_mut();
     let Some(q) = qnum
         .checked_sub(1)
@@ -401,6 +452,7 @@ async fn scan_entry<F: DiskFile, G>(
             q.next_offset, header.base_offset
         )));
     }
+    generations.newest = prefix.generation;
     let position = reader.start + at;
     let entry = IndexEntry {
         position,
