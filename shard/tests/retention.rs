@@ -73,14 +73,31 @@ fn size_retention_deletes_old_segments_and_survives_a_crash() {
         let disk = MemDisk::new();
         let mut cfg = config();
         cfg.retention_bytes = Some(3 * cfg.segment_bytes);
+        cfg.index_entries_per_file = 256;
         let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
-        let model = fill(&store, 400).await;
+        let model = fill(&store, 800).await;
         let before = log_segments(&disk);
         let deleted = store.apply_retention().await.unwrap();
         assert!(deleted >= 3, "deleted {deleted} of {before} segments");
         assert_eq!(log_segments(&disk), before - deleted);
         let q0 = store.queue(&topic(), QueueId(0)).unwrap();
-        assert!(store.offsets(q0).unwrap().0 > 0, "earliest offset moved up");
+        let min = store.offsets(q0).unwrap().0;
+        assert!(
+            min > 512,
+            "earliest offset moved past two index files: {min}"
+        );
+        // Index files holding only offsets below the earliest are gone.
+        let index_files: Vec<u64> = disk
+            .paths()
+            .iter()
+            .filter(|p| p.starts_with("/data/index/00000001"))
+            .filter_map(|p| p.file_stem()?.to_str()?.parse().ok())
+            .collect();
+        assert!(!index_files.is_empty());
+        assert!(
+            index_files.iter().all(|&first| first + 256 > min),
+            "{index_files:?} below {min}"
+        );
         check_suffixes(&store, &model).await;
         // Crash before the next checkpoint records the new earliest offsets:
         // recovery must move them past the deleted segments itself.

@@ -48,7 +48,7 @@ use bytes::Bytes;
 use checkpoint::QueueRow;
 use commit_log::{EntryPrefix, LogState, Waiter, ENTRY_PREFIX_BYTES};
 use futures::channel::oneshot;
-use queue_index::{BlockCache, IndexEntry, INDEX_ENTRY_BYTES};
+use queue_index::{FifoCache, IndexEntry, INDEX_ENTRY_BYTES};
 use range_cache::RangeCache;
 use ringmq_core::batch::{self, BatchError, BATCH_HEADER_BYTES};
 use ringmq_core::{Batch, GroupName, QueueId, TopicName};
@@ -96,6 +96,8 @@ pub struct StoreConfig {
     pub tail_cache_bytes: usize,
     /// Index blocks (4 KiB) cached for reads behind the tail.
     pub index_cache_blocks: usize,
+    /// Index files held open for reads (one descriptor each).
+    pub index_open_files: usize,
     /// Size of one sequential read for consumers behind the tail cache.
     pub read_ahead_bytes: usize,
     /// Read-ahead windows kept; their budget is separate from the tail's.
@@ -135,6 +137,8 @@ impl StoreConfig {
             tail_cache_bytes: 64 << 20,
             // 4 MiB of index blocks.
             index_cache_blocks: 1024,
+            // Enough for every queue of a busy shard to be read at once.
+            index_open_files: 1024,
             // 1 MiB reads run near the disk's sequential speed; 16 of them
             // let that many catching-up consumers share one budget.
             read_ahead_bytes: 1 << 20,
@@ -292,8 +296,9 @@ struct State<F> {
     offsets: BTreeMap<(GroupName, u32), u64>,
     tail: RangeCache,
     read_ahead: RangeCache,
-    index_cache: BlockCache,
-    index_files: HashMap<(u32, u64), Rc<F>>,
+    index_cache: FifoCache<(u32, u64), Bytes>,
+    /// Index files held open for reads, by (queue, file number).
+    index_files: FifoCache<(u32, u64), Rc<F>>,
     /// Newest store time in each segment, for age-based retention.
     segment_max_ts: BTreeMap<u64, i64>,
     /// Log position of the last checkpoint: retention deletes only before it.
@@ -656,7 +661,7 @@ impl<D: Disk> Store<D> {
                         ))
                     });
             }
-            st.index_cache.get(q.0, block_no)
+            st.index_cache.get(&(q.0, block_no))
         };
         let block = match cached {
             Some(block) => block,
@@ -669,7 +674,7 @@ impl<D: Disk> Store<D> {
                 let whole_block_on_disk = (block_no + 1) * queue_index::ENTRIES_PER_BLOCK
                     <= st.queue(q)?.index_pending_from;
                 if whole_block_on_disk && block.len() == disk::BLOCK_BYTES as usize {
-                    st.index_cache.insert(q.0, block_no, block.clone());
+                    st.index_cache.insert((q.0, block_no), block.clone());
                 }
                 block
             }
@@ -688,7 +693,7 @@ impl<D: Disk> Store<D> {
 
     async fn index_file(&self, qnum: u32, file_no: u64) -> Result<Rc<D::File>, StoreError> {
         if let Some(f) = self.inner.state.borrow().index_files.get(&(qnum, file_no)) {
-            return Ok(f.clone());
+            return Ok(f);
         }
         let path = queue_index::index_path(
             &self.inner.cfg.dir,

@@ -17,7 +17,6 @@
 use super::aligned::AlignedWriter;
 use super::disk::{Disk, DiskFile, BLOCK_BYTES};
 use super::StoreError;
-use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -151,43 +150,55 @@ impl<D: Disk> IndexWriters<D> {
     }
 }
 
-/// Whole index blocks read from disk, kept first-in first-out.
+/// A bounded map, first in first out: whole index blocks read from disk,
+/// and index files held open for reads.
 #[derive(Debug)]
-pub(crate) struct BlockCache {
-    blocks: HashMap<(u32, u64), Bytes>,
-    order: VecDeque<(u32, u64)>,
-    max_blocks: usize,
+pub(crate) struct FifoCache<K, V> {
+    entries: HashMap<K, V>,
+    order: VecDeque<K>,
+    max_entries: usize,
 }
 
-impl BlockCache {
-    pub(crate) fn new(max_blocks: usize) -> Self {
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> FifoCache<K, V> {
+    pub(crate) fn new(max_entries: usize) -> Self {
         Self {
-            blocks: HashMap::new(),
+            entries: HashMap::new(),
             order: VecDeque::new(),
-            max_blocks,
+            max_entries,
         }
     }
 
-    pub(crate) fn get(&self, qnum: u32, block_no: u64) -> Option<Bytes> {
-        self.blocks.get(&(qnum, block_no)).cloned()
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
+        self.entries.get(key).cloned()
     }
 
-    pub(crate) fn insert(&mut self, qnum: u32, block_no: u64, block: Bytes) {
-        if self.max_blocks == 0 || self.blocks.insert((qnum, block_no), block).is_some() {
+    pub(crate) fn insert(&mut self, key: K, value: V) {
+        if self.max_entries == 0 || self.entries.insert(key.clone(), value).is_some() {
             return;
         }
-        self.order.push_back((qnum, block_no));
-        while self.order.len() > self.max_blocks {
+        self.order.push_back(key);
+        while self.order.len() > self.max_entries {
             if let Some(old) = self.order.pop_front() {
-                self.blocks.remove(&old);
+                self.entries.remove(&old);
             }
         }
+    }
+
+    /// Removes every entry whose key matches.
+    pub(crate) fn remove_where(&mut self, mut doomed: impl FnMut(&K) -> bool) -> Vec<K> {
+        let keys: Vec<K> = self.order.iter().filter(|k| doomed(k)).cloned().collect();
+        for k in &keys {
+            self.entries.remove(k);
+        }
+        self.order.retain(|k| !keys.contains(k));
+        keys
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn entry_round_trips() {
@@ -202,12 +213,14 @@ mod tests {
 
     #[test]
     fn cache_is_bounded() {
-        let mut c = BlockCache::new(2);
-        for i in 0..5 {
-            c.insert(1, i, Bytes::from_static(b"x"));
+        let mut c = FifoCache::new(2);
+        for i in 0..5u64 {
+            c.insert((1u32, i), Bytes::from_static(b"x"));
         }
-        assert!(c.get(1, 0).is_none());
-        assert!(c.get(1, 4).is_some());
-        assert_eq!(c.blocks.len(), 2);
+        assert!(c.get(&(1, 0)).is_none());
+        assert!(c.get(&(1, 4)).is_some());
+        assert_eq!(c.entries.len(), 2);
+        assert_eq!(c.remove_where(|(_, i)| *i == 4), vec![(1, 4)]);
+        assert!(c.get(&(1, 4)).is_none());
     }
 }

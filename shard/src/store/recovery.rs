@@ -8,7 +8,7 @@ use super::checkpoint::{self, Checkpoint, QueueRow};
 use super::commit_log::{self, EntryPrefix, LogState, ENTRY_PREFIX_BYTES};
 use super::disk::{align_down, Disk, DiskFile};
 use super::flusher::{self, flush_index, Flusher, IndexFlush};
-use super::queue_index::{BlockCache, IndexEntry, IndexWriters};
+use super::queue_index::{FifoCache, IndexEntry, IndexWriters};
 use super::range_cache::RangeCache;
 use super::{Inner, QueueNum, QueueState, State, Store, StoreConfig, StoreError};
 use ringmq_core::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
@@ -183,6 +183,14 @@ impl<D: Disk> Store<D> {
         let queues = self.inner.state.borrow().queues.len() as u32;
         for qnum in 1..=queues {
             let q = QueueNum(qnum);
+            // Index files below the earliest offset may be gone already;
+            // they always go from the oldest up.
+            let floor = self.first_indexed_offset(q).await?;
+            {
+                let mut st = self.inner.state.borrow_mut();
+                let qs = st.queue_mut(q)?;
+                qs.min_offset = qs.min_offset.max(floor);
+            }
             let (min, next) = self.offsets(q)?;
             if min < next && self.index_entry(q, min).await?.position < first {
                 self.move_min_offset_past(q, first).await?;
@@ -194,6 +202,21 @@ impl<D: Disk> Store<D> {
             }
         }
         Ok(())
+    }
+}
+
+impl<D: Disk> Store<D> {
+    /// The first offset of queue `q` whose index entry still exists: the
+    /// start of its oldest index file, else the first entry held in memory.
+    async fn first_indexed_offset(&self, q: QueueNum) -> Result<u64, StoreError> {
+        let dir = super::queue_index::index_dir(&self.inner.cfg.dir, q.0);
+        let pending_from = self.inner.state.borrow().queue(q)?.index_pending_from;
+        let names = self.inner.disk.list(&dir).await.unwrap_or_default();
+        let oldest = names
+            .iter()
+            .filter_map(|n| n.strip_suffix(".idx").and_then(|n| n.parse::<u64>().ok()))
+            .min();
+        Ok(oldest.map_or(pending_from, |first| first.min(pending_from)))
     }
 }
 
@@ -246,8 +269,8 @@ fn initial_state<D: Disk>(
         offsets,
         tail: RangeCache::new(cfg.tail_cache_bytes),
         read_ahead: RangeCache::new(cfg.read_ahead_bytes * cfg.read_ahead_windows),
-        index_cache: BlockCache::new(cfg.index_cache_blocks),
-        index_files: HashMap::new(),
+        index_cache: FifoCache::new(cfg.index_cache_blocks),
+        index_files: FifoCache::new(cfg.index_open_files),
         segment_max_ts: ckpt.segment_max_ts.iter().copied().collect(),
         checkpoint_pos: ckpt.log_position,
         generation: 0,

@@ -10,7 +10,7 @@
 //! wholly below a queue's earliest offset are removed too.
 
 use super::disk::Disk;
-use super::queue_index::index_path;
+use super::queue_index::index_dir;
 use super::{commit_log, Inner, QueueNum, Store, StoreError};
 use std::rc::Weak;
 use std::time::Duration;
@@ -106,27 +106,45 @@ impl<D: Disk> Store<D> {
         Ok(())
     }
 
+    /// Removes each queue's index files that hold only offsets below its
+    /// earliest one (and forgets their open read handles).
     async fn remove_index_files_below_min(&self) -> Result<(), StoreError> {
         let per_file = self.inner.cfg.index_entries_per_file;
-        let doomed: Vec<(u32, u64)> = {
-            let mut st = self.inner.state.borrow_mut();
-            let mins: Vec<u64> = st.queues.iter().map(|q| q.min_offset).collect();
-            let doomed: Vec<(u32, u64)> = st
-                .index_files
-                .keys()
-                .filter(|(qnum, no)| (no + 1) * per_file <= mins[*qnum as usize - 1])
-                .copied()
-                .collect();
-            for key in &doomed {
-                st.index_files.remove(key);
+        let mins: Vec<u64> = self
+            .inner
+            .state
+            .borrow()
+            .queues
+            .iter()
+            .map(|q| q.min_offset)
+            .collect();
+        for (i, &min) in mins.iter().enumerate() {
+            let qnum = i as u32 + 1;
+            let dir = index_dir(&self.inner.cfg.dir, qnum);
+            let Ok(names) = self.inner.disk.list(&dir).await else {
+                continue;
+            };
+            for name in names {
+                let Some(first) = name
+                    .strip_suffix(".idx")
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if first + per_file > min {
+                    continue;
+                }
+                let file_no = first / per_file;
+                self.inner
+                    .state
+                    .borrow_mut()
+                    .index_files
+                    .remove_where(|k| *k == (qnum, file_no));
+                if let Err(e) = self.inner.disk.remove(&dir.join(&name)).await {
+                    tracing::warn!(error = %e, "could not remove an index file below the earliest offset");
+                }
             }
-            doomed
-        };
-        for (qnum, file_no) in doomed {
-            let path = index_path(&self.inner.cfg.dir, qnum, file_no, per_file);
-            if let Err(e) = self.inner.disk.remove(&path).await {
-                tracing::warn!(error = %e, "could not remove an index file below the earliest offset");
-            }
+            glommio::yield_if_needed().await;
         }
         Ok(())
     }
