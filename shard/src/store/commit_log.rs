@@ -101,16 +101,63 @@ const CHUNK_CAPACITY_BYTES: usize = 4 << 20;
 /// Zero-fill writes this much at a time: large sequential writes.
 const ZERO_FILL_WRITE_BYTES: usize = 1 << 20;
 
-/// Creates the segment file starting at `start`, ready for appends: its
-/// blocks allocated (and, with [`SegmentPrepare::ZeroFill`], written with
-/// zeros, so appends overwrite written blocks and an fdatasync need not
-/// commit extent changes). A failure removes the half-made file.
+/// Suffix of a retired segment kept for reuse ([`SegmentPrepare::Recycle`]).
+pub(crate) const SPARE_SUFFIX: &str = ".spare";
+
+/// A spare (retired) segment in the log folder, if any.
+async fn find_spare<D: Disk>(
+    disk: &D,
+    cfg: &StoreConfig,
+) -> Result<Option<std::path::PathBuf>, StoreError> {
+    let names = disk.list(&cfg.log_dir()).await?;
+    Ok(names
+        .into_iter()
+        .find(|n| n.ends_with(SPARE_SUFFIX))
+        .map(|n| cfg.log_dir().join(n)))
+}
+
+/// Retires the segment starting at `start`: with [`SegmentPrepare::Recycle`]
+/// and no spare yet it becomes the spare, otherwise it is removed.
+pub(crate) async fn retire_segment<D: Disk>(
+    disk: &D,
+    cfg: &StoreConfig,
+    start: u64,
+) -> Result<(), StoreError> {
+    let path = cfg.log_dir().join(segment_name(start));
+    if cfg.segment_prepare == SegmentPrepare::Recycle && find_spare(disk, cfg).await?.is_none() {
+        let spare = cfg.log_dir().join(format!("{start:020}{SPARE_SUFFIX}"));
+        disk.rename(&path, &spare).await?;
+        disk.sync_dir(&cfg.log_dir()).await?;
+        return Ok(());
+    }
+    disk.remove(&path).await?;
+    Ok(())
+}
+
+/// Creates the segment file starting at `start`, ready for appends: a
+/// recycled spare renamed into place ([`SegmentPrepare::Recycle`]), or a new
+/// file with its blocks allocated (and, with [`SegmentPrepare::ZeroFill`],
+/// written with zeros, so appends overwrite written blocks and an fdatasync
+/// need not commit extent changes). A failure removes the half-made file.
 pub(crate) async fn create_segment<D: Disk>(
     disk: &D,
     cfg: &StoreConfig,
     start: u64,
 ) -> Result<D::File, StoreError> {
     let path = cfg.log_dir().join(segment_name(start));
+    if cfg.segment_prepare == SegmentPrepare::Recycle {
+        if let Some(spare) = find_spare(disk, cfg).await? {
+            disk.rename(&spare, &path).await?;
+            disk.sync_dir(&cfg.log_dir()).await?;
+            let file = disk.open(&path, false).await?;
+            if file.size().await? >= cfg.segment_bytes {
+                return Ok(file);
+            }
+            // A spare of another size cannot serve as a segment here.
+            drop(file);
+            disk.remove(&path).await?;
+        }
+    }
     let file = disk.open(&path, true).await?;
     let prepared = async {
         file.allocate(cfg.segment_bytes).await?;

@@ -68,6 +68,10 @@ pub enum SegmentPrepare {
     /// costs one segment of disk bandwidth, and appends then overwrite
     /// written blocks.
     ZeroFill,
+    /// Reuse a segment retention retired (its blocks are written already,
+    /// so appends overwrite them at no extra bandwidth); fallocate when none
+    /// is spare. Log generations keep its old entries from being read as new.
+    Recycle,
 }
 
 /// Everything a store is configured with.

@@ -88,9 +88,11 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
     // Segments after the active one hold nothing we keep (a prepared empty
     // segment, or data after a cut): remove them.
     for (&start, _) in segments.range(active_start + 1..) {
-        let path = cfg.log_dir().join(commit_log::segment_name(start));
-        tracing::info!(segment = %path.display(), "removing log segment after the end of the log");
-        disk.remove(&path).await?;
+        tracing::info!(
+            segment = start,
+            "retiring a log segment after the end of the log"
+        );
+        commit_log::retire_segment(&disk, &cfg, start).await?;
     }
     segments.retain(|&start, _| start <= active_start);
     if let std::collections::btree_map::Entry::Vacant(slot) = segments.entry(active_start) {
@@ -385,12 +387,22 @@ async fn scan<D: Disk>(
                 // Zeros: the rest of this segment is unused. Go on only if the
                 // next segment holds entries (we rolled into it).
                 let next = seg_start + cfg.segment_bytes;
+                // A recycled segment holds old entries: only a valid
+                // continuation of the log counts.
                 let has_data = match segments.get(&next) {
-                    Some(f) => f
-                        .read_at(0, ENTRY_PREFIX_BYTES)
-                        .await?
-                        .iter()
-                        .any(|&b| b != 0),
+                    Some(f) => {
+                        let mut next_reader = SegmentReader {
+                            file: f.as_ref(),
+                            start: next,
+                            len: cfg.segment_bytes,
+                            buf: bytes::Bytes::new(),
+                            buf_from: 0,
+                        };
+                        matches!(
+                            probe_entry(&mut next_reader, 0, state, &generations).await?,
+                            Probe::Entry { .. }
+                        )
+                    }
                     None => false,
                 };
                 if !has_data {
@@ -409,76 +421,121 @@ async fn scan<D: Disk>(
     })
 }
 
+/// What is at a position of a segment.
+enum Probe {
+    /// A valid entry that continues the log.
+    Entry {
+        prefix: EntryPrefix,
+        header: BatchHeader,
+        len: usize,
+    },
+    /// Zeros, or the segment's end: no more entries here.
+    End,
+    /// Something that is not a continuation of the log.
+    Bad(String),
+}
+
+/// Reads and checks the entry at `at` without changing anything: crc,
+/// prefix, generation order, queue and offset continuity.
+async fn probe_entry<F: DiskFile, G>(
+    reader: &mut SegmentReader<'_, F>,
+    at: u64,
+    state: &RefCell<State<G>>,
+    generations: &Generations,
+) -> Result<Probe, StoreError> {
+    let Some(head) = reader.bytes(at, ENTRY_PREFIX_BYTES).await? else {
+        return Ok(Probe::End);
+    };
+    if EntryPrefix::is_empty(head) {
+        return Ok(Probe::End);
+    }
+    let Some(head) = reader
+        .bytes(at, ENTRY_PREFIX_BYTES + BATCH_HEADER_BYTES)
+        .await?
+    else {
+        return Ok(Probe::Bad("entry header runs past the segment".into()));
+    };
+    let header = match BatchHeader::peek(&head[ENTRY_PREFIX_BYTES..]) {
+        Ok(h) => h,
+        Err(e) => return Ok(Probe::Bad(e.to_string())),
+    };
+    let len = ENTRY_PREFIX_BYTES + header.length as usize;
+    let Some(entry) = reader.bytes(at, len).await? else {
+        return Ok(Probe::Bad("entry runs past the segment".into()));
+    };
+    let verified = match batch::verify(&entry[ENTRY_PREFIX_BYTES..]) {
+        Ok(v) => v,
+        Err(e) => return Ok(Probe::Bad(e.to_string())),
+    };
+    let prefix = match EntryPrefix::read(entry, verified.header.crc) {
+        Ok(p) => p,
+        Err(e) => return Ok(Probe::Bad(e.into())),
+    };
+    if prefix.generation < generations.newest {
+        // Older than an entry before it: the remains of a recycled segment
+        // or of writes a crash lost. The log ends here; nothing is damaged.
+        tracing::debug!(
+            position = reader.start + at,
+            generation = prefix.generation,
+            newest = generations.newest,
+            "older generation after the end of the log"
+        );
+        return Ok(Probe::End);
+    }
+    if prefix.generation > generations.last_run {
+        return Ok(Probe::Bad(format!(
+            "entry of generation {} from no known run",
+            prefix.generation
+        )));
+    }
+    let st = state.borrow();
+    let Some(q) = prefix
+        .qnum
+        .checked_sub(1)
+        .and_then(|i| st.queues.get(i as usize))
+    else {
+        return Ok(Probe::Bad(format!("unknown queue number {}", prefix.qnum)));
+    };
+    if header.queue_id != q.queue_id {
+        return Ok(Probe::Bad(format!(
+            "batch for queue id {} in queue {}",
+            header.queue_id, prefix.qnum
+        )));
+    }
+    if header.base_offset != q.next_offset {
+        return Ok(Probe::Bad(format!(
+            "queue {} expects offset {} but the entry starts at {}",
+            prefix.qnum, q.next_offset, header.base_offset
+        )));
+    }
+    Ok(Probe::Entry {
+        prefix,
+        header,
+        len,
+    })
+}
+
 async fn scan_entry<F: DiskFile, G>(
     reader: &mut SegmentReader<'_, F>,
     at: u64,
     state: &RefCell<State<G>>,
     generations: &mut Generations,
 ) -> Result<Step, StoreError> {
-    let Some(head) = reader.bytes(at, ENTRY_PREFIX_BYTES).await? else {
-        return Ok(Step::EndOfSegment);
+    let (prefix, header, len) = match probe_entry(reader, at, state, generations).await? {
+        Probe::Entry {
+            prefix,
+            header,
+            len,
+        } => (prefix, header, len),
+        Probe::End => return Ok(Step::EndOfSegment),
+        Probe::Bad(reason) => return Ok(Step::Bad(reason)),
     };
-    if EntryPrefix::is_empty(head) {
-        return Ok(Step::EndOfSegment);
-    }
-    let Some(head) = reader
-        .bytes(at, ENTRY_PREFIX_BYTES + BATCH_HEADER_BYTES)
-        .await?
-    else {
-        return Ok(Step::Bad("entry header runs past the segment".into()));
-    };
-    let header = match BatchHeader::peek(&head[ENTRY_PREFIX_BYTES..]) {
-        Ok(h) => h,
-        Err(e) => return Ok(Step::Bad(e.to_string())),
-    };
-    let len = ENTRY_PREFIX_BYTES + header.length as usize;
-    let Some(entry) = reader.bytes(at, len).await? else {
-        return Ok(Step::Bad("entry runs past the segment".into()));
-    };
-    let verified = match batch::verify(&entry[ENTRY_PREFIX_BYTES..]) {
-        Ok(v) => v,
-        Err(e) => return Ok(Step::Bad(e.to_string())),
-    };
-    let prefix = match EntryPrefix::read(entry, verified.header.crc) {
-        Ok(p) => p,
-        Err(e) => return Ok(Step::Bad(e.into())),
-    };
-    if prefix.generation < generations.newest {
-        return Ok(Step::Bad(format!(
-            "stale entry of generation {} after generation {}: left over from a lost write",
-            prefix.generation, generations.newest
-        )));
-    }
-    if prefix.generation > generations.last_run {
-        return Ok(Step::Bad(format!(
-            "entry of generation {} from no known run",
-            prefix.generation
-        )));
-    }
-    let qnum = prefix.qnum;
-    let mut st = state.borrow_mut();
-    let Some(q) = qnum
-        .checked_sub(1)
-        .and_then(|i| st.queues.get_mut(i as usize))
-    else {
-        return Ok(Step::Bad(format!("unknown queue number {qnum}")));
-    };
-    if header.queue_id != q.queue_id {
-        return Ok(Step::Bad(format!(
-            "batch for queue id {} in queue {qnum}",
-            header.queue_id
-        )));
-    }
-    if header.base_offset != q.next_offset {
-        return Ok(Step::Bad(format!(
-            "queue {qnum} expects offset {} but the entry starts at {}",
-            q.next_offset, header.base_offset
-        )));
-    }
     generations.newest = prefix.generation;
-    let position = reader.start + at;
+    let mut st = state.borrow_mut();
+    let st = &mut *st;
+    let q = &mut st.queues[prefix.qnum as usize - 1];
     let entry = IndexEntry {
-        position,
+        position: reader.start + at,
         entry_len: len as u32,
         tag_hash: 0,
     }

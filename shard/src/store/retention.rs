@@ -74,13 +74,8 @@ impl<D: Disk> Store<D> {
             st.log.segments.remove(&start);
             st.segment_max_ts.remove(&start);
         }
-        let path = self
-            .inner
-            .cfg
-            .log_dir()
-            .join(commit_log::segment_name(start));
-        self.inner.disk.remove(&path).await?;
-        tracing::info!(segment = %path.display(), "retention deleted a log segment");
+        commit_log::retire_segment(&self.inner.disk, &self.inner.cfg, start).await?;
+        tracing::info!(segment = start, "retention retired a log segment");
         self.remove_index_files_below_min().await
     }
 
