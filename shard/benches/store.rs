@@ -13,8 +13,9 @@
 //!   16 GiB file the run never wraps, so fio too writes fresh fallocated
 //!   blocks, as the log does (overwriting written blocks is faster here).
 //! - sync: 256 appenders of single 1 KiB records: acks/s and ack latency
-//!   vs fio 4 KiB write + fdatasync (psync, one job); with fallocated and
-//!   with zero-filled segments, to decide how segments are prepared.
+//!   vs fio 4 KiB write + fdatasync (psync, one job); with fallocated,
+//!   zero-filled and recycled segments (128 MiB, retention at three), to
+//!   decide how segments are prepared.
 //! - scale: 100 M 100-byte records over 1,000 queues written by a child
 //!   process: peak RSS; store open time after a clean shutdown, and after
 //!   SIGKILL during full-speed appends.
@@ -317,37 +318,48 @@ fn histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
+/// Segment size for the sync case: small enough that retention retires
+/// (and Recycle reuses) segments within a run.
+const SYNC_SEGMENT_BYTES: u64 = 128 << 20;
+/// Appends before measuring, so retention and recycling are in steady state.
+const SYNC_WARMUP: Duration = Duration::from_secs(3);
+
 fn sync_acks(dir: PathBuf, seconds: u64, prepare: SegmentPrepare) -> SyncRound {
     on_shard(move || async move {
         let mut cfg = bench_config(&fresh_dir(&dir), FlushMode::Sync);
         cfg.segment_prepare = prepare;
+        cfg.segment_bytes = SYNC_SEGMENT_BYTES;
+        cfg.retention_bytes = Some(3 * SYNC_SEGMENT_BYTES);
+        cfg.retention_check_interval_ms = 100;
+        cfg.checkpoint_interval_ms = 100;
         let store = Store::open(DmaDisk, cfg).await.expect("open");
-        // Measure the steady state: the next segment is ready, as it is
-        // whenever the previous one was not filled faster than it is prepared.
-        while !store.next_segment_ready() {
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
         let q = store
             .create_queue(&topic(), QueueId(0))
             .await
             .expect("queue");
         let batch = build_batch(0, 1024, 64 * 1024, Some(1));
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let (cpu0, t0) = (cpu_seconds(), Instant::now());
+        let measure_from = Instant::now() + SYNC_WARMUP;
+        let deadline = measure_from + Duration::from_secs(seconds);
         let tasks: Vec<_> = (0..256)
             .map(|_| {
                 let (store, batch) = (store.clone(), batch.clone());
                 glommio::spawn_local(async move {
                     let mut h = histogram();
-                    while Instant::now() < deadline {
+                    loop {
                         let sent = Instant::now();
+                        if sent >= deadline {
+                            return h;
+                        }
                         store.append(q, batch.clone()).await.expect("append");
-                        h.saturating_record(sent.elapsed().as_micros() as u64);
+                        if sent >= measure_from {
+                            h.saturating_record(sent.elapsed().as_micros() as u64);
+                        }
                     }
-                    h
                 })
             })
             .collect();
+        glommio::timer::sleep(SYNC_WARMUP).await;
+        let (cpu0, t0) = (cpu_seconds(), Instant::now());
         let mut all = histogram();
         for t in tasks {
             all.add(t.await).expect("same bounds");
@@ -587,62 +599,80 @@ fn run_async(s: &Settings, md: &mut String) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
+/// The segment preparations measured side by side in the sync case.
+const PREPARES: [(SegmentPrepare, &str); 3] = [
+    (SegmentPrepare::Fallocate, "fallocate"),
+    (SegmentPrepare::ZeroFill, "zero-fill"),
+    (SegmentPrepare::Recycle, "recycle"),
+];
+
 fn run_sync(s: &Settings, md: &mut String) -> Result<Value, String> {
     let mut fio_r = Vec::new();
-    let mut rounds = Vec::new();
-    let mut zero_rounds = Vec::new();
+    let mut rounds: Vec<Vec<SyncRound>> = vec![Vec::new(); PREPARES.len()];
     for r in 0..s.rounds {
         eprintln!(
-            "sync round {}/{}: fio, then ringmq with fallocated and with zero-filled segments",
+            "sync round {}/{}: fio, then ringmq with each segment preparation",
             r + 1,
             s.rounds
         );
         fio_r.push(fio_fdatasync(&fresh_dir(&s.dir), s.seconds)?);
-        rounds.push(sync_acks(
-            s.dir.clone(),
-            s.seconds,
-            SegmentPrepare::Fallocate,
-        ));
-        zero_rounds.push(sync_acks(
-            s.dir.clone(),
-            s.seconds,
-            SegmentPrepare::ZeroFill,
-        ));
+        for (i, (prepare, _)) in PREPARES.iter().enumerate() {
+            rounds[i].push(sync_acks(s.dir.clone(), s.seconds, *prepare));
+        }
     }
-    let sp = |rs: &[SyncRound], f: &dyn Fn(&SyncRound) -> f64| {
-        md_spread(&spread(rs.iter().map(f).collect()), 0)
+    let cell = |rs: &[SyncRound], f: &dyn Fn(&SyncRound) -> f64, d: usize| {
+        md_spread(&spread(rs.iter().map(f).collect()), d)
     };
-    let fp =
+    let fio_cell =
         |f: &dyn Fn(&FsyncFigures) -> f64| md_spread(&spread(fio_r.iter().map(f).collect()), 0);
-    let ratio = |rs: &[SyncRound], f: &dyn Fn(&SyncRound, &FsyncFigures) -> f64| {
-        spread(rs.iter().zip(&fio_r).map(|(r, x)| f(r, x)).collect())
-    };
-    let p99_ratio = ratio(&rounds, &|r, f| r.p99_us / f.p99_us);
-    let tput_ratio = ratio(&rounds, &|r, f| r.acks_s / f.iops);
-    let zero_p99_ratio = ratio(&zero_rounds, &|r, f| r.p99_us / f.p99_us);
-    let zero_tput_ratio = ratio(&zero_rounds, &|r, f| r.acks_s / f.iops);
     *md += &format!(
         "## sync appends: 256 appenders of single 1 KiB records, 1 shard\n\n\
-         | | ringmq, fallocated segments | ringmq, zero-filled segments | fio 4 KiB write+fdatasync |\n|---|---:|---:|---:|\n\
-         | acks/s (IOPS) | {} | {} | {} |\n| p50 µs | {} | {} | {} |\n| p99 µs | {} | {} | {} |\n\
-         | p99.9 µs | {} | {} | {} |\n| max µs | {} | {} | |\n| CPU µs per ack | {} | {} | |\n\n\
-         Per-round ratios to fio: throughput {} (fallocated) and {} (zero-filled); \
-         p99 {} (fallocated) and {} (zero-filled).\n\n",
-        sp(&rounds, &|r| r.acks_s), sp(&zero_rounds, &|r| r.acks_s), fp(&|f| f.iops),
-        sp(&rounds, &|r| r.p50_us), sp(&zero_rounds, &|r| r.p50_us), fp(&|f| f.p50_us),
-        sp(&rounds, &|r| r.p99_us), sp(&zero_rounds, &|r| r.p99_us), fp(&|f| f.p99_us),
-        sp(&rounds, &|r| r.p999_us), sp(&zero_rounds, &|r| r.p999_us), fp(&|f| f.p999_us),
-        sp(&rounds, &|r| r.max_us), sp(&zero_rounds, &|r| r.max_us),
-        md_spread(&spread(rounds.iter().map(|r| r.cpu_us_per_ack).collect()), 1),
-        md_spread(&spread(zero_rounds.iter().map(|r| r.cpu_us_per_ack).collect()), 1),
-        md_spread(&tput_ratio, 1), md_spread(&zero_tput_ratio, 1),
-        md_spread(&p99_ratio, 2), md_spread(&zero_p99_ratio, 2),
+         {} MiB segments, retention at three segments, checkpoints every 100 ms, {} s warm-up not counted.\n\n\
+         | segments | acks/s | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/ack | acks/s ÷ fio IOPS | p99 ÷ fio p99 |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        SYNC_SEGMENT_BYTES >> 20,
+        SYNC_WARMUP.as_secs()
     );
-    Ok(
-        json!({"fallocate": rounds, "zero_fill": zero_rounds, "fio": fio_r,
-              "throughput_ratio": tput_ratio, "p99_ratio": p99_ratio,
-              "zero_fill_throughput_ratio": zero_tput_ratio, "zero_fill_p99_ratio": zero_p99_ratio}),
-    )
+    let mut out = serde_json::Map::new();
+    for (i, (_, name)) in PREPARES.iter().enumerate() {
+        let rs = &rounds[i];
+        let tput = spread(
+            rs.iter()
+                .zip(&fio_r)
+                .map(|(r, f)| r.acks_s / f.iops)
+                .collect(),
+        );
+        let p99 = spread(
+            rs.iter()
+                .zip(&fio_r)
+                .map(|(r, f)| r.p99_us / f.p99_us)
+                .collect(),
+        );
+        *md += &format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            cell(rs, &|r| r.acks_s, 0),
+            cell(rs, &|r| r.p50_us, 0),
+            cell(rs, &|r| r.p99_us, 0),
+            cell(rs, &|r| r.p999_us, 0),
+            cell(rs, &|r| r.max_us, 0),
+            cell(rs, &|r| r.cpu_us_per_ack, 1),
+            md_spread(&tput, 1),
+            md_spread(&p99, 2),
+        );
+        out.insert(
+            name.to_string(),
+            json!({"rounds": rs, "throughput_ratio": tput, "p99_ratio": p99}),
+        );
+    }
+    *md += &format!(
+        "| fio 4 KiB write+fdatasync | {} IOPS | {} | {} | {} | | | | |\n\n",
+        fio_cell(&|f| f.iops),
+        fio_cell(&|f| f.p50_us),
+        fio_cell(&|f| f.p99_us),
+        fio_cell(&|f| f.p999_us),
+    );
+    out.insert("fio".into(), json!(fio_r));
+    Ok(Value::Object(out))
 }
 
 fn run_scale(s: &Settings, md: &mut String) -> Value {

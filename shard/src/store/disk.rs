@@ -104,8 +104,8 @@ pub trait DiskFile: 'static {
 }
 
 /// The real disk: glommio `DmaFile`s (O_DIRECT through io_uring) on the
-/// shard's executor. Folder operations are rare (start-up, segment roll,
-/// checkpoint) and use the blocking std calls.
+/// shard's executor. Removal, rename and folder fsync go through glommio
+/// too; folder creation and listing (start-up only) use the std calls.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DmaDisk;
 
@@ -168,11 +168,17 @@ impl Disk for DmaDisk {
     }
 
     async fn remove(&self, path: &Path) -> Result<(), DiskError> {
-        std::fs::remove_file(path).map_err(|e| DiskError::new("remove", path, e))
+        // Unlinking a large segment can take tens of milliseconds on ext4;
+        // glommio does it off the shard's thread, so appends never stall on it.
+        glommio::io::remove(path)
+            .await
+            .map_err(|e| glommio_err("remove", path, e))
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError> {
-        std::fs::rename(from, to).map_err(|e| DiskError::new("rename", from, e))
+        glommio::io::rename(from, to)
+            .await
+            .map_err(|e| glommio_err("rename", from, e))
     }
 
     async fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
@@ -191,9 +197,15 @@ impl Disk for DmaDisk {
     }
 
     async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| DiskError::new("fsync folder", dir, e))
+        let d = glommio::io::Directory::open(dir)
+            .await
+            .map_err(|e| glommio_err("open folder", dir, e))?;
+        d.sync()
+            .await
+            .map_err(|e| glommio_err("fsync folder", dir, e))?;
+        d.close()
+            .await
+            .map_err(|e| glommio_err("close folder", dir, e))
     }
 }
 

@@ -57,12 +57,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 
-/// How a segment is made ready before appends reach it.
+/// How a segment is made ready before appends reach it. Decided by the
+/// store benchmark (sync case, retention on): `Recycle` beat both others on
+/// throughput, p99 and p99.9, because deleting a large file stalls the
+/// filesystem journal that every fdatasync waits on (p99.9 64-84 ms with
+/// fallocate or zero-fill, 2.3 ms recycling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SegmentPrepare {
     /// fallocate only: cheap, but the first write to each block converts an
     /// unwritten extent, which the next fdatasync must commit.
-    #[default]
     Fallocate,
     /// fallocate, then write zeros over the whole segment in the background:
     /// costs one segment of disk bandwidth, and appends then overwrite
@@ -71,6 +74,7 @@ pub enum SegmentPrepare {
     /// Reuse a segment retention retired (its blocks are written already,
     /// so appends overwrite them at no extra bandwidth); fallocate when none
     /// is spare. Log generations keep its old entries from being read as new.
+    #[default]
     Recycle,
 }
 
@@ -128,7 +132,7 @@ impl StoreConfig {
         Self {
             dir: dir.into(),
             segment_bytes: 1 << 30,
-            segment_prepare: SegmentPrepare::Fallocate,
+            segment_prepare: SegmentPrepare::Recycle,
             flush: FlushMode::Async,
             flush_interval_ms: 100,
             flush_bytes: 16 << 20,
