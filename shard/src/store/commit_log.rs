@@ -213,7 +213,6 @@ pub(crate) struct LogState<F> {
     /// Where the next entry goes.
     pub(crate) end_pos: u64,
     pub(crate) pending: VecDeque<Chunk>,
-    pub(crate) pending_bytes: usize,
     /// Everything before this is written.
     pub(crate) written_pos: u64,
     /// Everything before this is durable (fdatasynced).
@@ -232,7 +231,6 @@ impl<F: DiskFile> LogState<F> {
             active_start,
             end_pos,
             pending: VecDeque::new(),
-            pending_bytes: 0,
             written_pos: end_pos,
             synced_pos: end_pos,
             acked_pos: end_pos,
@@ -269,7 +267,6 @@ impl<F: DiskFile> LogState<F> {
             });
         }
         self.end_pos += len as u64;
-        self.pending_bytes += len;
         let chunk = self.pending.back_mut().map(|c| &mut c.data);
         // A chunk was pushed just above if none continued.
         (chunk.unwrap_or_else(|| unreachable!()), pos)

@@ -140,7 +140,6 @@ impl<D: Disk> Flusher<D> {
     async fn round(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
         let chunks: Vec<_> = {
             let mut st = inner.state.borrow_mut();
-            st.log.pending_bytes = 0;
             st.log.pending.drain(..).collect()
         };
         for chunk in chunks {
@@ -360,7 +359,6 @@ fn poison<D: Disk>(inner: &Inner<D>, e: &StoreError) {
         st.poisoned = Some(e.to_string());
     }
     st.log.pending.clear();
-    st.log.pending_bytes = 0;
     drop(st);
     fail_waiters(inner);
 }

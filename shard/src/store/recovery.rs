@@ -4,7 +4,7 @@
 //! everything before the cut. After a clean shutdown the checkpoint is at
 //! the end of the log and the scan reads a single block.
 
-use super::checkpoint::{self, Checkpoint, QueueRow};
+use super::checkpoint::{self, Checkpoint, QueueCheckpoint, QueueRow};
 use super::commit_log::{self, EntryPrefix, LogState, ENTRY_PREFIX_BYTES};
 use super::disk::{align_down, Disk, DiskFile};
 use super::flusher::{self, flush_index, Flusher, IndexFlush};
@@ -233,6 +233,8 @@ fn initial_state<D: Disk>(
 ) -> Result<State<D::File>, StoreError> {
     let mut queues = Vec::with_capacity(rows.len());
     let mut by_name = HashMap::new();
+    let at_checkpoint: HashMap<u32, QueueCheckpoint> =
+        ckpt.queues.iter().map(|q| (q.qnum, *q)).collect();
     for (i, row) in rows.iter().enumerate() {
         let bad = |reason: String| StoreError::CorruptMeta {
             path: cfg.dir.join(checkpoint::QUEUE_TABLE_FILE),
@@ -242,12 +244,7 @@ fn initial_state<D: Disk>(
             return Err(bad(format!("row {i} has queue number {}", row.qnum)));
         }
         let topic = TopicName::new(row.topic.clone()).map_err(|e| bad(e.to_string()))?;
-        let at = ckpt
-            .queues
-            .iter()
-            .find(|q| q.qnum == row.qnum)
-            .copied()
-            .unwrap_or_default();
+        let at = at_checkpoint.get(&row.qnum).copied().unwrap_or_default();
         let mut q = QueueState::new(topic.clone(), QueueId(row.queue_id), at.next_offset);
         q.min_offset = at.min_offset;
         by_name.insert((topic, QueueId(row.queue_id)), QueueNum(row.qnum));
