@@ -54,21 +54,29 @@ pub(super) async fn flush_index<D: Disk>(
     mode: IndexFlush,
 ) -> Result<(), StoreError> {
     let work: Vec<(u32, u64, Vec<u8>)> = {
-        let st = state.borrow();
-        st.queues
-            .iter()
-            .enumerate()
-            .filter_map(|(i, q)| {
-                let from = q.index_pending_from;
+        let mut st = state.borrow_mut();
+        let st = &mut *st;
+        // Whole blocks: only queues that completed one since the last pass.
+        // A checkpoint: every queue, partial blocks too.
+        let candidates: Vec<u32> = match mode {
+            IndexFlush::FullBlocks => std::mem::take(&mut st.index_full),
+            IndexFlush::UpToVisible => (1..=st.queues.len() as u32).collect(),
+        };
+        candidates
+            .into_iter()
+            .filter_map(|qnum| {
+                let q = st.queues.get_mut(qnum as usize - 1)?;
                 let upto = match mode {
                     IndexFlush::FullBlocks => {
+                        q.index_queued = false;
                         (q.next_offset / ENTRIES_PER_BLOCK) * ENTRIES_PER_BLOCK
                     }
                     IndexFlush::UpToVisible => q.visible_next,
                 };
+                let from = q.index_pending_from;
                 let n = upto.checked_sub(from).filter(|&n| n > 0)?;
                 let bytes = q.index_pending.get(..(n * INDEX_ENTRY_BYTES) as usize)?;
-                Some((i as u32 + 1, from, bytes.to_vec()))
+                Some((qnum, from, bytes.to_vec()))
             })
             .collect()
     };

@@ -293,6 +293,8 @@ struct QueueState {
     index_pending_from: u64,
     /// Encoded index entries not yet on disk.
     index_pending: Vec<u8>,
+    /// In `State::index_full`, waiting for a whole-block write.
+    index_queued: bool,
 }
 
 struct State<F> {
@@ -309,6 +311,9 @@ struct State<F> {
     index_files: FifoCache<(u32, u64), Rc<F>>,
     /// Newest store time in each segment, for age-based retention.
     segment_max_ts: BTreeMap<u64, i64>,
+    /// Queues that filled an index block since the flusher last wrote
+    /// whole blocks: the flusher visits only these, not every queue.
+    index_full: Vec<u32>,
     /// Log position of the last checkpoint: retention deletes only before it.
     checkpoint_pos: u64,
     /// This run's generation, written into every entry it appends.
@@ -331,6 +336,24 @@ impl<F> State<F> {
         q.0.checked_sub(1)
             .and_then(|i| self.queues.get_mut(i as usize))
             .ok_or(StoreError::UnknownQueue(q.0))
+    }
+
+    /// Queue `qnum`'s next offset moved from `from` to `to`; if that
+    /// completed an index block, queue the queue for a whole-block write.
+    fn index_grew(&mut self, qnum: u32, from: u64, to: u64) {
+        let per_block = queue_index::ENTRIES_PER_BLOCK;
+        if from / per_block == to / per_block {
+            return;
+        }
+        if let Some(q) = qnum
+            .checked_sub(1)
+            .and_then(|i| self.queues.get_mut(i as usize))
+        {
+            if !q.index_queued {
+                q.index_queued = true;
+                self.index_full.push(qnum);
+            }
+        }
     }
 
     fn writable(&self) -> Result<(), StoreError> {
@@ -795,6 +818,7 @@ impl QueueState {
             min_offset: 0,
             index_pending_from: next_offset,
             index_pending: Vec::new(),
+            index_queued: false,
         }
     }
 }
@@ -855,6 +879,7 @@ fn place<F: DiskFile>(
     }
     qs.next_offset += u64::from(count);
     let next_offset = qs.next_offset;
+    st.index_grew(q.0, base_offset, next_offset);
     let (tx, rx) = oneshot::channel();
     st.log.waiters.push_back(Waiter {
         end_pos,

@@ -270,6 +270,7 @@ fn initial_state<D: Disk>(
         read_ahead: RangeCache::new(cfg.read_ahead_bytes * cfg.read_ahead_windows),
         index_cache: FifoCache::new(cfg.index_cache_blocks),
         index_files: FifoCache::new(cfg.index_open_files),
+        index_full: Vec::new(),
         segment_max_ts: ckpt.segment_max_ts.iter().copied().collect(),
         checkpoint_pos: ckpt.log_position,
         generation: 0,
@@ -541,6 +542,7 @@ async fn scan_entry<F: DiskFile, G>(
         q.index_pending.extend_from_slice(&entry);
     }
     q.next_offset = header.next_offset();
+    st.index_grew(prefix.qnum, header.base_offset, header.next_offset());
     let newest = st
         .segment_max_ts
         .entry(reader.start)
