@@ -323,3 +323,21 @@ fn zero_filled_segments_work_like_fallocated_ones() {
         store.close().await.unwrap();
     });
 }
+
+#[test]
+fn an_idle_store_does_not_rewrite_its_checkpoint() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let mut cfg = small_config("/data");
+        cfg.checkpoint_interval_ms = 1;
+        let store = Store::open(disk.clone(), cfg).await.unwrap();
+        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        store.append(q, batch(0, &bodies(1, 1, 10))).await.unwrap();
+        glommio::timer::sleep(std::time::Duration::from_millis(30)).await;
+        // Any checkpoint from now on would fail its rename and poison the
+        // store; an idle one has nothing new to record and must not try.
+        disk.fail(DiskOp::Rename, 0, libc::EIO);
+        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+        store.append(q, batch(0, &bodies(2, 1, 10))).await.unwrap();
+    });
+}

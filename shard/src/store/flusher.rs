@@ -26,6 +26,8 @@ pub(super) struct Flusher<D: Disk> {
     unsynced_bytes: u64,
     last_sync: Instant,
     last_checkpoint: Instant,
+    /// (written position, metadata version) the last checkpoint recorded.
+    checkpointed: Option<(u64, u64)>,
     /// Slots for fdatasyncs in flight ([`SYNCS_IN_FLIGHT`]).
     sync_slots: Rc<glommio::sync::Semaphore>,
     /// Completes when the last started fdatasync has acknowledged (or failed).
@@ -108,6 +110,7 @@ impl<D: Disk> Flusher<D> {
             unsynced_bytes: 0,
             last_sync: Instant::now(),
             last_checkpoint: Instant::now(),
+            checkpointed: None,
             sync_slots: Rc::new(glommio::sync::Semaphore::new(SYNCS_IN_FLIGHT)),
             last_sync_done,
         }
@@ -281,7 +284,17 @@ impl<D: Disk> Flusher<D> {
 
     /// Syncs the log, brings every index file up to the acknowledged
     /// offsets, syncs them, then records the position atomically.
+    /// An idle store skips periodic checkpoints that would record nothing
+    /// new (no fsyncs while nothing happens); a clean one is always written.
     async fn checkpoint(&mut self, inner: &Rc<Inner<D>>, clean: bool) -> Result<(), StoreError> {
+        let now = {
+            let st = inner.state.borrow();
+            (st.log.written_pos, st.meta_version)
+        };
+        if !clean && self.checkpointed == Some(now) {
+            self.last_checkpoint = Instant::now();
+            return Ok(());
+        }
         self.sync_all(inner).await?;
         flush_index(&inner.state, &mut self.index, IndexFlush::UpToVisible).await?;
         self.index.sync().await?;
@@ -322,6 +335,7 @@ impl<D: Disk> Flusher<D> {
         .await?;
         inner.state.borrow_mut().checkpoint_pos = ckpt.log_position;
         self.last_checkpoint = Instant::now();
+        self.checkpointed = Some(now);
         Ok(())
     }
 }

@@ -316,6 +316,10 @@ struct State<F> {
     index_full: Vec<u32>,
     /// Log position of the last checkpoint: retention deletes only before it.
     checkpoint_pos: u64,
+    /// Bumped by every change a checkpoint records besides the log itself
+    /// (queues, earliest offsets, consumer offsets), so an idle store can
+    /// skip checkpoints that would write the same thing again.
+    meta_version: u64,
     /// This run's generation, written into every entry it appends.
     generation: u32,
     /// Where this run's first entry goes: a checkpoint past it covers
@@ -472,6 +476,7 @@ impl<D: Disk> Store<D> {
         let mut st = self.inner.state.borrow_mut();
         st.queues.push(QueueState::new(topic.clone(), queue_id, 0));
         st.by_name.insert((topic.clone(), queue_id), QueueNum(qnum));
+        st.meta_version += 1;
         Ok(QueueNum(qnum))
     }
 
@@ -594,7 +599,9 @@ impl<D: Disk> Store<D> {
     ) -> Result<(), StoreError> {
         let mut st = self.inner.state.borrow_mut();
         st.queue(q)?;
-        st.offsets.insert((group.clone(), q.0), offset);
+        if st.offsets.insert((group.clone(), q.0), offset) != Some(offset) {
+            st.meta_version += 1;
+        }
         Ok(())
     }
 

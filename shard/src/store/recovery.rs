@@ -271,6 +271,7 @@ fn initial_state<D: Disk>(
         index_cache: FifoCache::new(cfg.index_cache_blocks),
         index_files: FifoCache::new(cfg.index_open_files),
         index_full: Vec::new(),
+        meta_version: 0,
         segment_max_ts: ckpt.segment_max_ts.iter().copied().collect(),
         checkpoint_pos: ckpt.log_position,
         generation: 0,

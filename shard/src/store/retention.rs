@@ -97,7 +97,10 @@ impl<D: Disk> Store<D> {
         }
         let mut st = self.inner.state.borrow_mut();
         let qs = st.queue_mut(q)?;
-        qs.min_offset = qs.min_offset.max(lo);
+        if lo > qs.min_offset {
+            qs.min_offset = lo;
+            st.meta_version += 1;
+        }
         Ok(())
     }
 
