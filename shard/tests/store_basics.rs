@@ -341,3 +341,30 @@ fn an_idle_store_does_not_rewrite_its_checkpoint() {
         store.append(q, batch(0, &bodies(2, 1, 10))).await.unwrap();
     });
 }
+
+#[test]
+fn create_queues_numbers_a_whole_topic_at_once_and_keeps_the_numbers() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let cfg = small_config("/data");
+        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        let existing = store.create_queue(&topic(), QueueId(1)).await.unwrap();
+        let wanted: Vec<_> = [0, 1, 2, 2, 3]
+            .iter()
+            .map(|&i| (topic(), QueueId(i)))
+            .collect();
+        let qs = store.create_queues(&wanted).await.unwrap();
+        assert_eq!(qs[1], existing, "an existing queue keeps its number");
+        assert_eq!(qs[2], qs[3], "a queue named twice is created once");
+        let mut distinct = qs.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4);
+        store.close().await.unwrap();
+        let store = Store::open(disk, cfg).await.unwrap();
+        for ((t, q), n) in wanted.iter().zip(&qs) {
+            assert_eq!(store.queue(t, *q), Some(*n));
+        }
+        store.close().await.unwrap();
+    });
+}

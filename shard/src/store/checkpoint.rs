@@ -1,6 +1,6 @@
 //! Small metadata files written atomically (write a temporary file, fsync,
-//! rename over the old one, fsync the folder), and the checkpoint and queue
-//! table kept in them.
+//! rename over the old one, fsync the folder): the checkpoint and the
+//! generation.
 //!
 //! ```text
 //! offset size field
@@ -57,16 +57,7 @@ pub(crate) struct QueueCheckpoint {
     pub(crate) min_offset: u64,
 }
 
-/// One row of the queue table: a shard-local number for (topic, queue).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct QueueRow {
-    pub(crate) qnum: u32,
-    pub(crate) topic: String,
-    pub(crate) queue_id: u32,
-}
-
 pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
-pub(crate) const QUEUE_TABLE_FILE: &str = "queues";
 
 /// Writes `value` to `dir/name` atomically and durably.
 pub(crate) async fn write_meta<D: Disk, T: Serialize>(

@@ -10,7 +10,8 @@
 //! - `range_cache`: bounded caches of log bytes: the tail, and read-ahead windows.
 //! - `flusher`: the task that writes, syncs and acknowledges (group commit),
 //!   flushes index blocks and takes checkpoints.
-//! - `checkpoint`: atomic metadata files: checkpoint and queue table.
+//! - `checkpoint`: atomic metadata files: checkpoint and generation.
+//! - `queue_table`: the append-only table of (topic, queue id) -> qnum.
 //! - `recovery`: opening a store: load the checkpoint, scan the log after
 //!   it, cut a torn or corrupt tail, rebuild index entries.
 //! - `retention`: deleting old segments by age or total size, in the background.
@@ -19,7 +20,7 @@
 //! ```text
 //! <dir>/commitlog/<first-position:020>.log   segments (commit_log.rs)
 //! <dir>/index/<qnum:08>/<first-offset:020>.idx
-//! <dir>/queues       queue table: (topic, queue id) -> qnum
+//! <dir>/queues.tbl   queue table: (topic, queue id) -> qnum, appended
 //! <dir>/checkpoint   log position, per-queue offsets, consumer offsets
 //! ```
 //!
@@ -37,6 +38,7 @@ mod commit_log;
 pub mod disk;
 mod flusher;
 mod queue_index;
+mod queue_table;
 mod range_cache;
 mod recovery;
 mod retention;
@@ -45,10 +47,10 @@ pub use disk::{Disk, DiskError, DiskFile, DiskOp, DmaDisk, MemDisk};
 pub use ringmq_core::FlushMode;
 
 use bytes::Bytes;
-use checkpoint::QueueRow;
 use commit_log::{EntryPrefix, LogState, Waiter, ENTRY_PREFIX_BYTES};
 use futures::channel::oneshot;
 use queue_index::{FifoCache, IndexEntry, INDEX_ENTRY_BYTES};
+use queue_table::{QueueRow, QueueTable};
 use range_cache::RangeCache;
 use ringmq_core::batch::{self, BatchError, BATCH_HEADER_BYTES};
 use ringmq_core::{Batch, GroupName, QueueId, TopicName};
@@ -282,7 +284,6 @@ pub struct Fetched {
 
 #[derive(Debug)]
 struct QueueState {
-    topic: TopicName,
     queue_id: QueueId,
     /// Next offset to assign.
     next_offset: u64,
@@ -378,8 +379,8 @@ struct Inner<D: Disk> {
     wake: glommio::channels::local_channel::LocalSender<()>,
     /// Bytes placed but not acknowledged: the append path's backpressure.
     pending_room: glommio::sync::Semaphore,
-    /// Serializes queue-table rewrites and segment preparation.
-    meta_lock: futures::lock::Mutex<()>,
+    /// The queue table; its lock also serializes queue creation.
+    queue_table: futures::lock::Mutex<QueueTable<D::File>>,
     roll_lock: futures::lock::Mutex<()>,
     flusher: RefCell<Option<glommio::Task<()>>>,
     recovery: RecoveryReport,
@@ -446,38 +447,67 @@ impl<D: Disk> Store<D> {
         topic: &TopicName,
         queue_id: QueueId,
     ) -> Result<QueueNum, StoreError> {
-        if let Some(q) = self.queue(topic, queue_id) {
-            return Ok(q);
-        }
-        let _guard = self.inner.meta_lock.lock().await;
-        if let Some(q) = self.queue(topic, queue_id) {
-            return Ok(q);
-        }
-        let (qnum, rows) = {
+        let created = self.create_queues(&[(topic.clone(), queue_id)]).await?;
+        created
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Internal("no queue created".into()))
+    }
+
+    /// Returns the numbers of the given queues, in order, creating those that
+    /// do not exist yet with one durable append to the queue table (a whole
+    /// topic's queues cost one fdatasync).
+    pub async fn create_queues(
+        &self,
+        queues: &[(TopicName, QueueId)],
+    ) -> Result<Vec<QueueNum>, StoreError> {
+        let mut table = self.inner.queue_table.lock().await;
+        let new_rows = {
             let st = self.inner.state.borrow();
             st.writable()?;
-            let qnum = st.queues.len() as u32 + 1;
-            let mut rows = table_rows(&st);
-            rows.push(QueueRow {
-                qnum,
-                topic: topic.to_string(),
-                queue_id: queue_id.0,
-            });
-            (qnum, rows)
+            let mut next = st.queues.len() as u32 + 1;
+            let mut rows: Vec<QueueRow> = Vec::new();
+            for (topic, queue_id) in queues {
+                let known = st.by_name.contains_key(&(topic.clone(), *queue_id))
+                    || rows
+                        .iter()
+                        .any(|r| &r.topic == topic && r.queue_id == *queue_id);
+                if !known {
+                    rows.push(QueueRow {
+                        qnum: next,
+                        topic: topic.clone(),
+                        queue_id: *queue_id,
+                    });
+                    next += 1;
+                }
+            }
+            rows
         };
-        // Durable before the first append can name this qnum in the log.
-        checkpoint::write_meta(
-            &self.inner.disk,
-            &self.inner.cfg.dir,
-            checkpoint::QUEUE_TABLE_FILE,
-            &rows,
-        )
-        .await?;
-        let mut st = self.inner.state.borrow_mut();
-        st.queues.push(QueueState::new(topic.clone(), queue_id, 0));
-        st.by_name.insert((topic.clone(), queue_id), QueueNum(qnum));
-        st.meta_version += 1;
-        Ok(QueueNum(qnum))
+        if !new_rows.is_empty() {
+            // Durable before the first append can name these qnums in the log.
+            table.append(&new_rows).await.map_err(|e| {
+                tracing::error!(error = %e, table = %table.path().display(), "queue table append failed");
+                e
+            })?;
+            let mut st = self.inner.state.borrow_mut();
+            for row in new_rows {
+                st.queues.push(QueueState::new(row.queue_id, 0));
+                st.by_name
+                    .insert((row.topic, row.queue_id), QueueNum(row.qnum));
+            }
+            st.meta_version += 1;
+        }
+        drop(table);
+        let st = self.inner.state.borrow();
+        queues
+            .iter()
+            .map(|(t, q)| {
+                st.by_name
+                    .get(&(t.clone(), *q))
+                    .copied()
+                    .ok_or_else(|| StoreError::Internal("queue vanished".into()))
+            })
+            .collect()
     }
 
     /// Appends one record batch to queue `q` and waits until it is
@@ -816,9 +846,8 @@ fn check_entry(qnum: u32, position: u64, entry: Bytes) -> Result<Bytes, StoreErr
 }
 
 impl QueueState {
-    fn new(topic: TopicName, queue_id: QueueId, next_offset: u64) -> Self {
+    fn new(queue_id: QueueId, next_offset: u64) -> Self {
         Self {
-            topic,
             queue_id,
             next_offset,
             visible_next: next_offset,
@@ -828,18 +857,6 @@ impl QueueState {
             index_queued: false,
         }
     }
-}
-
-fn table_rows<F>(st: &State<F>) -> Vec<QueueRow> {
-    st.queues
-        .iter()
-        .enumerate()
-        .map(|(i, q)| QueueRow {
-            qnum: i as u32 + 1,
-            topic: q.topic.to_string(),
-            queue_id: q.queue_id.0,
-        })
-        .collect()
 }
 
 type AckReceiver = oneshot::Receiver<Result<(), StoreError>>;

@@ -4,15 +4,16 @@
 //! everything before the cut. After a clean shutdown the checkpoint is at
 //! the end of the log and the scan reads a single block.
 
-use super::checkpoint::{self, Checkpoint, QueueCheckpoint, QueueRow};
+use super::checkpoint::{self, Checkpoint, QueueCheckpoint};
 use super::commit_log::{self, EntryPrefix, LogState, ENTRY_PREFIX_BYTES};
 use super::disk::{align_down, Disk, DiskFile};
 use super::flusher::{self, flush_index, Flusher, IndexFlush};
 use super::queue_index::{FifoCache, IndexEntry, IndexWriters};
+use super::queue_table::{QueueRow, QueueTable};
 use super::range_cache::RangeCache;
 use super::{Inner, QueueNum, QueueState, State, Store, StoreConfig, StoreError};
 use ringmq_core::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
-use ringmq_core::{GroupName, QueueId, TopicName};
+use ringmq_core::GroupName;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -31,9 +32,7 @@ const SCAN_PROGRESS_BYTES: u64 = 256 << 20;
 pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>, StoreError> {
     let started = Instant::now();
     disk.create_dir_all(&cfg.log_dir()).await?;
-    let rows: Vec<QueueRow> = checkpoint::read_meta(&disk, &cfg.dir, checkpoint::QUEUE_TABLE_FILE)
-        .await?
-        .unwrap_or_default();
+    let (rows, queue_table) = QueueTable::open(&disk, &cfg.dir).await?;
     let ckpt =
         match checkpoint::read_meta::<D, Checkpoint>(&disk, &cfg.dir, checkpoint::CHECKPOINT_FILE)
             .await
@@ -133,7 +132,7 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
         disk,
         state,
         wake: tx,
-        meta_lock: futures::lock::Mutex::new(()),
+        queue_table: futures::lock::Mutex::new(queue_table),
         roll_lock: futures::lock::Mutex::new(()),
         flusher: RefCell::new(None),
         recovery: super::RecoveryReport {
@@ -235,19 +234,11 @@ fn initial_state<D: Disk>(
     let mut by_name = HashMap::new();
     let at_checkpoint: HashMap<u32, QueueCheckpoint> =
         ckpt.queues.iter().map(|q| (q.qnum, *q)).collect();
-    for (i, row) in rows.iter().enumerate() {
-        let bad = |reason: String| StoreError::CorruptMeta {
-            path: cfg.dir.join(checkpoint::QUEUE_TABLE_FILE),
-            reason,
-        };
-        if row.qnum as usize != i + 1 {
-            return Err(bad(format!("row {i} has queue number {}", row.qnum)));
-        }
-        let topic = TopicName::new(row.topic.clone()).map_err(|e| bad(e.to_string()))?;
+    for row in rows {
         let at = at_checkpoint.get(&row.qnum).copied().unwrap_or_default();
-        let mut q = QueueState::new(topic.clone(), QueueId(row.queue_id), at.next_offset);
+        let mut q = QueueState::new(row.queue_id, at.next_offset);
         q.min_offset = at.min_offset;
-        by_name.insert((topic, QueueId(row.queue_id)), QueueNum(row.qnum));
+        by_name.insert((row.topic.clone(), row.queue_id), QueueNum(row.qnum));
         queues.push(q);
     }
     let mut offsets = BTreeMap::new();
