@@ -164,6 +164,16 @@ fn a_failed_fsync_poisons_the_store() {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Poisoned(_)), "{err}");
+        let message = err.to_string();
+        assert_eq!(
+            message.matches("refuses writes").count(),
+            1,
+            "cause wrapped once: {message}"
+        );
+        assert!(
+            message.contains("fdatasync"),
+            "names the failed operation: {message}"
+        );
         let err = store
             .append(q, batch(0, &bodies(3, 1, 10)))
             .await

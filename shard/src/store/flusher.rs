@@ -385,19 +385,16 @@ fn poison<D: Disk>(inner: &Inner<D>, e: &StoreError) {
     fail_waiters(inner);
 }
 
+/// Fails every waiting append: with the poisoning cause, or as closed.
 fn fail_waiters<D: Disk>(inner: &Inner<D>) {
     let mut st = inner.state.borrow_mut();
-    let err = match &st.poisoned {
-        Some(cause) => StoreError::Poisoned(cause.clone()),
-        None => StoreError::Closed,
-    };
-    let cause = err.to_string();
+    let cause = st.poisoned.clone();
     for mut w in st.log.waiters.drain(..) {
         if let Some(tx) = w.tx.take() {
-            let _ = tx.send(Err(match &err {
-                StoreError::Poisoned(_) => StoreError::Poisoned(cause.clone()),
-                _ => StoreError::Closed,
-            }));
+            let err = cause
+                .clone()
+                .map_or(StoreError::Closed, StoreError::Poisoned);
+            let _ = tx.send(Err(err));
         }
     }
 }

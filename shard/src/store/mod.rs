@@ -750,11 +750,10 @@ impl<D: Disk> Store<D> {
         block
             .get(in_block..)
             .and_then(IndexEntry::decode)
-            .ok_or_else(|| StoreError::Corrupt {
-                position: 0,
+            .ok_or_else(|| StoreError::CorruptMeta {
+                path: queue_index::index_path(&self.inner.cfg.dir, q.0, file_no, per_file),
                 reason: format!(
-                    "index entry for offset {offset} of queue {} is missing",
-                    q.0
+                    "no index entry for offset {offset}: the file is shorter than its queue"
                 ),
             })
     }
@@ -815,10 +814,12 @@ impl<D: Disk> Store<D> {
         .map_err(|e| StoreError::Internal(format!("spawn catch-up read: {e}")))?
         .await?;
         let at = (pos - from) as usize;
-        let bytes = read
-            .get(at..at + len)
-            .map(|_| read.slice(at..at + len))
-            .unwrap_or_default();
+        // A short read leaves `bytes` empty, which check_entry reports.
+        let bytes = if at + len <= read.len() {
+            read.slice(at..at + len)
+        } else {
+            Bytes::new()
+        };
         self.inner.state.borrow_mut().read_ahead.push(from, read);
         check_entry(q.0, pos, bytes)
     }
