@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use ringmq_core::QueueId;
-use ringmq_shard::store::{MemDisk, Store, StoreConfig, StoreError};
+use ringmq_shard::store::{MemDisk, QueueNum, Store, StoreConfig, StoreError};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -32,17 +32,26 @@ async fn fill(store: &Store<MemDisk>, kib: usize) -> Vec<Vec<Vec<u8>>> {
         store.create_queue(&topic(), QueueId(1)).await.unwrap(),
     ];
     let mut model = vec![Vec::new(), Vec::new()];
-    for i in 0..kib as u64 {
-        let b = bodies(i, 2, 480);
-        store
-            .append(qs[(i % 2) as usize], batch((i % 2) as u32, &b))
-            .await
-            .unwrap();
-        model[(i % 2) as usize].extend(b);
-    }
+    append_round_robin(store, &qs, 0..kib as u64, &mut model).await;
     // Let a checkpoint cover everything: retention only deletes before one.
     glommio::timer::sleep(Duration::from_millis(30)).await;
     model
+}
+
+/// Appends a batch of two bodies per seed, alternating between the queues
+/// (queue ids 0 and 1), and records the bodies in `model`.
+async fn append_round_robin(
+    store: &Store<MemDisk>,
+    qs: &[QueueNum; 2],
+    seeds: std::ops::Range<u64>,
+    model: &mut [Vec<Vec<u8>>],
+) {
+    for i in seeds {
+        let k = (i % 2) as usize;
+        let b = bodies(i, 2, 480);
+        store.append(qs[k], batch(k as u32, &b)).await.unwrap();
+        model[k].extend(b);
+    }
 }
 
 async fn check_suffixes(store: &Store<MemDisk>, model: &[Vec<Vec<u8>>]) {
@@ -173,18 +182,11 @@ fn recycled_segments_are_reused_and_their_old_entries_never_served() {
             store.queue(&topic(), QueueId(1)).unwrap(),
         ];
         let mut reused = false;
-        for i in 1000..1300u64 {
-            let b = bodies(i, 2, 480);
-            store
-                .append(qs[(i % 2) as usize], batch((i % 2) as u32, &b))
-                .await
-                .unwrap();
-            model[(i % 2) as usize].extend(b);
+        for from in (1000..1300u64).step_by(50) {
+            append_round_robin(&store, &qs, from..from + 50, &mut model).await;
             reused |= spare_segments(&disk) == 0;
-            if i % 50 == 0 {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-                store.apply_retention().await.unwrap();
-            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            store.apply_retention().await.unwrap();
         }
         assert!(reused, "a spare was renamed into place as a segment");
         check_suffixes(&store, &model).await;

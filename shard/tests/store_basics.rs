@@ -83,9 +83,7 @@ fn sync_mode_survives_a_crash_and_async_keeps_a_prefix() {
             let expect: Vec<Vec<u8>> = acked.into_iter().flat_map(|(_, b)| b).collect();
             disk.crash(Some(1));
             drop(store);
-            let store = Store::open(disk.clone(), cfg).await.unwrap();
-            let q = store.queue(&topic(), QueueId(0)).unwrap();
-            let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
+            let (_store, got) = reopen_and_read(disk.clone(), cfg).await;
             match flush {
                 FlushMode::Sync => assert_eq!(got, expect, "every acknowledged record survives"),
                 _ => assert_eq!(got, expect[..got.len()], "a prefix survives, in order"),
@@ -218,9 +216,7 @@ fn a_full_disk_fails_the_append_and_loses_nothing() {
         assert_eq!(got, acked);
         disk.set_capacity(None);
         store.close().await.unwrap();
-        let store = Store::open(disk, cfg).await.unwrap();
-        let q = store.queue(&topic(), QueueId(0)).unwrap();
-        let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
+        let (store, got) = reopen_and_read(disk, cfg).await;
         assert_eq!(got, acked, "nothing acknowledged was lost");
         store.close().await.unwrap();
     });
@@ -229,11 +225,7 @@ fn a_full_disk_fails_the_append_and_loses_nothing() {
 #[test]
 fn bad_batches_never_reach_the_disk() {
     run(|| async {
-        let disk = MemDisk::new();
-        let store = Store::open(disk.clone(), small_config("/data"))
-            .await
-            .unwrap();
-        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let (_, store, q) = fresh_store(small_config("/data")).await;
         let good = batch(0, &bodies(1, 2, 10));
         let mut bad = good.to_vec();
         let last = bad.len() - 1;
@@ -285,9 +277,7 @@ fn real_disk_round_trip() {
         let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
         assert_eq!(got, expect);
         store.close().await.unwrap();
-        let store = Store::open(DmaDisk, cfg).await.unwrap();
-        let q = store.queue(&topic(), QueueId(0)).unwrap();
-        let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
+        let (store, got) = reopen_and_read(DmaDisk, cfg).await;
         assert_eq!(got, expect);
         store.close().await.unwrap();
     });
@@ -296,11 +286,7 @@ fn real_disk_round_trip() {
 #[test]
 fn catch_up_reads_do_not_evict_the_tail() {
     run(|| async {
-        let disk = MemDisk::new();
-        let store = Store::open(disk.clone(), small_config("/data"))
-            .await
-            .unwrap();
-        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let (_, store, q) = fresh_store(small_config("/data")).await;
         let all = append_bodies(&store, q, 0..100, 2, 400).await;
         let tail_before = store.tail_cache_bytes();
         assert!(tail_before > 0);
@@ -326,9 +312,7 @@ fn zero_filled_segments_work_like_fallocated_ones() {
         let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
         let all = append_bodies(&store, q, 0..80, 3, 500).await;
         store.close().await.unwrap();
-        let store = Store::open(disk, cfg).await.unwrap();
-        let q = store.queue(&topic(), QueueId(0)).unwrap();
-        let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
+        let (store, got) = reopen_and_read(disk, cfg).await;
         assert_eq!(got, all);
         store.close().await.unwrap();
     });

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use ringmq_core::{Batch, BatchBuilder, QueueId, RecordInput, TopicName};
-use ringmq_shard::store::{Disk, QueueNum, Store, StoreConfig};
+use ringmq_shard::store::{Disk, MemDisk, QueueNum, Store, StoreConfig};
 use std::future::Future;
 
 /// Runs `f` on a fresh glommio executor thread and returns its output.
@@ -78,6 +78,22 @@ pub async fn read_all<D: Disk>(store: &Store<D>, q: QueueNum) -> Vec<(u64, Vec<u
         offset = fetched.next_offset;
     }
     out
+}
+
+/// A fresh memory disk, a store on it, and queue 0 of [`topic`].
+pub async fn fresh_store(cfg: StoreConfig) -> (MemDisk, Store<MemDisk>, QueueNum) {
+    let disk = MemDisk::new();
+    let store = Store::open(disk.clone(), cfg).await.unwrap();
+    let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+    (disk, store, q)
+}
+
+/// Opens the store on `disk` again and reads queue 0's bodies back.
+pub async fn reopen_and_read<D: Disk>(disk: D, cfg: StoreConfig) -> (Store<D>, Vec<Vec<u8>>) {
+    let store = Store::open(disk, cfg).await.unwrap();
+    let q = store.queue(&topic(), QueueId(0)).unwrap();
+    let got = read_bodies(&store, q).await;
+    (store, got)
 }
 
 /// The bodies of every record of queue `q`, in offset order.
