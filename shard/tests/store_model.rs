@@ -213,10 +213,16 @@ async fn run_ops(flush: FlushMode, ops: Vec<Op>) -> Result<(), String> {
                         FlushMode::Async => expect.starts_with(&got),
                     };
                     if !ok {
+                        let first_bad = got.iter().zip(expect.iter()).position(|(g, e)| g != e);
+                        let show = |r: Option<&Vec<u8>>| {
+                            r.map(|b| String::from_utf8_lossy(&b[..b.len().min(24)]).into_owned())
+                        };
                         return Err(format!(
-                            "queue {i} after crash: {} records, {} acknowledged",
+                            "queue {i} after crash: {} records, {} acknowledged; first difference at {first_bad:?}: got {:?}, acknowledged {:?}",
                             got.len(),
-                            expect.len()
+                            expect.len(),
+                            show(first_bad.and_then(|k| got.get(k))),
+                            show(first_bad.and_then(|k| expect.get(k))),
                         ));
                     }
                     expect.truncate(got.len());
@@ -241,7 +247,11 @@ async fn run_ops(flush: FlushMode, ops: Vec<Op>) -> Result<(), String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // 48 cases per run by default; PROPTEST_CASES=N for a longer hunt.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn sync_store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {

@@ -45,6 +45,13 @@ pub(crate) struct Checkpoint {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub(crate) struct Generation {
     pub(crate) generation: u32,
+    /// Log position where that run's appends began. Everything from here on
+    /// was written by that run, so an entry of an older generation at or
+    /// past it is a leftover (or a torn mix of old and new blocks that
+    /// happens to verify), never part of the log. `None` in files written
+    /// before it was recorded.
+    #[serde(default)]
+    pub(crate) start_position: Option<u64>,
 }
 
 pub(crate) const GENERATION_FILE: &str = "generation";

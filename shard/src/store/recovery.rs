@@ -43,14 +43,14 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
                 Checkpoint::default()
             }
         };
-    let last_generation = checkpoint::read_meta::<D, checkpoint::Generation>(
+    let last_run = checkpoint::read_meta::<D, checkpoint::Generation>(
         &disk,
         &cfg.dir,
         checkpoint::GENERATION_FILE,
     )
     .await?
-    .unwrap_or_default()
-    .generation;
+    .unwrap_or_default();
+    let last_generation = last_run.generation;
     let state = RefCell::new(initial_state::<D>(&cfg, &rows, &ckpt)?);
     let mut segments = BTreeMap::new();
     for name in disk.list(&cfg.log_dir()).await? {
@@ -70,9 +70,20 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
     let generations = Generations {
         newest: ckpt.log_generation,
         last_run: last_generation,
+        last_run_start: last_run.start_position,
     };
     let scan = scan(&cfg, &segments, from, &state, &mut index, generations).await?;
-    // This run's generation is durable before it appends anything.
+    if scan.end_pos > from {
+        // What the scan accepted may sit only in the device's volatile
+        // cache; make it durable before this run writes past it, so that a
+        // later crash cannot take it back from under newer entries.
+        for (_, file) in segments.range(align_down_to(from, cfg.segment_bytes)..=scan.last_segment)
+        {
+            file.sync().await?;
+        }
+    }
+    // This run's generation and where its appends begin are durable before
+    // it appends anything.
     let generation = last_generation
         .checked_add(1)
         .ok_or_else(|| StoreError::Internal("generation overflow".into()))?;
@@ -80,7 +91,10 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
         &disk,
         &cfg.dir,
         checkpoint::GENERATION_FILE,
-        &checkpoint::Generation { generation },
+        &checkpoint::Generation {
+            generation,
+            start_position: Some(scan.end_pos),
+        },
     )
     .await?;
     let active_start = scan.last_segment;
@@ -280,11 +294,24 @@ struct ScanResult {
 }
 
 /// What the scan knows about generations: entries must not go below
-/// `newest` (the newest seen so far) nor above `last_run`.
+/// `newest` (the newest seen so far) nor above `last_run`, and from
+/// `last_run_start` on they must be of `last_run`.
 #[derive(Debug, Clone, Copy)]
 struct Generations {
     newest: u32,
     last_run: u32,
+    last_run_start: Option<u64>,
+}
+
+impl Generations {
+    /// The oldest generation an entry at log position `pos` may have.
+    fn oldest_at(&self, pos: u64) -> u32 {
+        if self.last_run_start.is_some_and(|start| pos >= start) {
+            self.newest.max(self.last_run)
+        } else {
+            self.newest
+        }
+    }
 }
 
 /// Buffered sequential reads of one segment.
@@ -461,13 +488,15 @@ async fn probe_entry<F: DiskFile, G>(
         Ok(p) => p,
         Err(e) => return Ok(Probe::Bad(e.into())),
     };
-    if prefix.generation < generations.newest {
-        // Older than an entry before it: the remains of a recycled segment
-        // or of writes a crash lost. The log ends here; nothing is damaged.
+    let oldest = generations.oldest_at(reader.start + at);
+    if prefix.generation < oldest {
+        // Older than an entry before it, or than the run that wrote from
+        // here on: the remains of a recycled segment or of writes a crash
+        // lost. The log ends here; nothing is damaged.
         tracing::debug!(
             position = reader.start + at,
             generation = prefix.generation,
-            newest = generations.newest,
+            oldest,
             "older generation after the end of the log"
         );
         return Ok(Probe::End);
