@@ -5,7 +5,8 @@
 //! ```sh
 //! cargo bench -p ringmq-shard --bench store -- [--dir /var/tmp/ringmq-bench] \
 //!     [--out bench-results] [--seconds 8] [--rounds 3] \
-//!     [--scale-records 100000000] [--scale-queues 1000] [--only async,sync,scale]
+//!     [--scale-records 100000000] [--scale-queues 1000] [--only async,sync,scale] \
+//!     [--max-write-bytes N] [--writes-in-flight N]
 //! ```
 //!
 //! - async: 1 shard, 1 KiB records in 64 KiB batches, 16 and 64 appenders: MiB/s
@@ -46,7 +47,14 @@ struct Settings {
     scale_queues: u32,
     only: Vec<String>,
     child: Option<String>,
+    /// Store write tuning, `None` for the defaults.
+    max_write_bytes: Option<usize>,
+    writes_in_flight: Option<usize>,
 }
+
+/// The write tuning of this run, for every store the bench opens.
+static WRITE_TUNING: std::sync::OnceLock<(Option<usize>, Option<usize>)> =
+    std::sync::OnceLock::new();
 
 fn parse_args() -> Result<Settings, String> {
     let mut s = Settings {
@@ -58,6 +66,8 @@ fn parse_args() -> Result<Settings, String> {
         scale_queues: 1000,
         only: vec!["async".into(), "sync".into(), "scale".into()],
         child: None,
+        max_write_bytes: None,
+        writes_in_flight: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -77,6 +87,14 @@ fn parse_args() -> Result<Settings, String> {
             }
             "--only" => s.only = value("--only")?.split(',').map(str::to_owned).collect(),
             "--child" => s.child = Some(value("--child")?),
+            "--max-write-bytes" => {
+                s.max_write_bytes =
+                    Some(num("--max-write-bytes", value("--max-write-bytes")?)? as usize)
+            }
+            "--writes-in-flight" => {
+                s.writes_in_flight =
+                    Some(num("--writes-in-flight", value("--writes-in-flight")?)? as usize)
+            }
             other => {
                 return Err(format!(
                     "unknown argument {other:?}; see the header of shard/benches/store.rs"
@@ -157,6 +175,9 @@ fn build_batch(queue: u32, record_bytes: usize, max_bytes: usize, n: Option<usiz
 fn bench_config(dir: &Path, flush: FlushMode) -> StoreConfig {
     let mut cfg = StoreConfig::new(dir);
     cfg.flush = flush;
+    let (max_write, in_flight) = WRITE_TUNING.get().copied().unwrap_or_default();
+    cfg.max_write_bytes = max_write.unwrap_or(cfg.max_write_bytes);
+    cfg.writes_in_flight = in_flight.unwrap_or(cfg.writes_in_flight);
     cfg
 }
 
@@ -712,6 +733,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let _ = WRITE_TUNING.set((s.max_write_bytes, s.writes_in_flight));
     if let Some(child) = s.child.clone() {
         let s2 = s.clone();
         match child.as_str() {
@@ -768,7 +790,9 @@ fn main() -> ExitCode {
             "dir": s.dir, "seconds": s.seconds, "rounds": s.rounds,
             "scale_records": s.scale_records, "scale_queues": s.scale_queues, "only": s.only,
             "executor": "glommio, pinned to CPU 0",
-            "store": "StoreConfig::new defaults (1 GiB segments, 64 MiB pending, 64 MiB tail cache)",
+            "store": "StoreConfig::new defaults (1 GiB segments, 64 MiB pending, 64 MiB tail cache) unless set below",
+            "max_write_bytes": bench_config(&s.dir, FlushMode::Async).max_write_bytes,
+            "writes_in_flight": bench_config(&s.dir, FlushMode::Async).writes_in_flight,
         },
         "results": results,
     });

@@ -74,8 +74,9 @@ async fn check_all(store: &Store<MemDisk>, model: &Model) -> Result<(), String> 
     Ok(())
 }
 
-async fn run_ops(flush: FlushMode, ops: Vec<Op>) -> Result<(), String> {
+async fn run_ops(flush: FlushMode, jitter_seed: Option<u64>, ops: Vec<Op>) -> Result<(), String> {
     let disk = MemDisk::new();
+    disk.set_write_jitter(jitter_seed);
     let mut cfg = small_config("/data");
     cfg.flush = flush;
     // Async syncs only when forced, so crashes really lose unsynced data.
@@ -254,14 +255,14 @@ proptest! {
     })]
 
     #[test]
-    fn sync_store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let result = run(move || run_ops(FlushMode::Sync, ops));
+    fn sync_store_matches_model(seed in 1u64.., ops in proptest::collection::vec(op(), 1..40)) {
+        let result = run(move || run_ops(FlushMode::Sync, Some(seed), ops));
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 
     #[test]
-    fn async_store_keeps_a_prefix(ops in proptest::collection::vec(op(), 1..40)) {
-        let result = run(move || run_ops(FlushMode::Async, ops));
+    fn async_store_keeps_a_prefix(seed in 1u64.., ops in proptest::collection::vec(op(), 1..40)) {
+        let result = run(move || run_ops(FlushMode::Async, Some(seed), ops));
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 }

@@ -320,6 +320,9 @@ struct MemFs {
     capacity_bytes: Option<u64>,
     /// The last write not yet covered by a sync: (file, position, bytes).
     last_write: Option<(Rc<RefCell<MemFile>>, u64, Vec<u8>)>,
+    /// With `Some(state)`, each write first yields a pseudo-random 0-3
+    /// times, so writes in flight together complete out of order.
+    write_jitter: Option<u64>,
 }
 
 impl MemFs {
@@ -394,6 +397,12 @@ impl MemDisk {
         self.fs.borrow_mut().faults.push(Fault { op, skip, errno });
     }
 
+    /// Makes writes complete after a pseudo-random number of yields drawn
+    /// from `seed` (`None`: at once), as a real device reorders them.
+    pub fn set_write_jitter(&self, seed: Option<u64>) {
+        self.fs.borrow_mut().write_jitter = seed;
+    }
+
     /// Limits the bytes all files may hold together (ENOSPC beyond).
     pub fn set_capacity(&self, capacity_bytes: Option<u64>) {
         self.fs.borrow_mut().capacity_bytes = capacity_bytes;
@@ -442,6 +451,24 @@ impl MemDisk {
             .files
             .get(path)
             .map(|f| f.borrow().data.clone())
+    }
+}
+
+/// Returns `Pending` once (waking itself), then `Ready`.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 
@@ -535,6 +562,19 @@ impl Disk for MemDisk {
 
 impl DiskFile for MemDiskFile {
     async fn write_parts_at(&self, pos: u64, parts: &[&[u8]], len: usize) -> Result<(), DiskError> {
+        let yields = {
+            let mut fs = self.fs.borrow_mut();
+            fs.write_jitter.as_mut().map_or(0, |state| {
+                // xorshift64*: enough to shuffle completions, and repeatable.
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 62
+            })
+        };
+        for _ in 0..yields {
+            YieldNow(false).await;
+        }
         let mut data = vec![0u8; len];
         fill(&mut data, parts);
         debug_assert_eq!(pos % BLOCK_BYTES, 0, "unaligned write position");

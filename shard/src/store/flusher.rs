@@ -5,15 +5,15 @@
 //! loop: whatever was placed while the last round was on the disk is
 //! written, and in `sync` mode covered by one fdatasync, in the next.
 
-use super::aligned::AlignedWriter;
+use super::aligned::{BlockStager, BlockWrite};
 use super::checkpoint::{self, Checkpoint, QueueCheckpoint};
-use super::disk::{Disk, DiskFile};
+use super::disk::{Disk, DiskFile, BLOCK_BYTES};
 use super::queue_index::{IndexWriters, ENTRIES_PER_BLOCK, INDEX_ENTRY_BYTES};
 use super::{Inner, State, StoreError};
 use futures::channel::oneshot;
 use ringmq_core::FlushMode;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,17 @@ pub(super) struct Flusher<D: Disk> {
     pub(super) inner: Weak<Inner<D>>,
     pub(super) wake: glommio::channels::local_channel::LocalReceiver<()>,
     pub(super) index: IndexWriters<D>,
-    segment: Option<(u64, AlignedWriter<D::File>)>,
-    unsynced: BTreeMap<u64, Rc<D::File>>,
-    unsynced_bytes: u64,
+    /// Stages writes to the segment being appended to.
+    segment: Option<(u64, BlockStager<D::File>)>,
+    /// Log writes in flight, completing in any order.
+    writes: Rc<RefCell<WritesInFlight>>,
+    /// Slots for log writes in flight ([`StoreConfig::writes_in_flight`]).
+    write_slots: Rc<glommio::sync::Semaphore>,
+    /// Completes when the write that ended mid-block at the stager's
+    /// position is done: the next write rewrites that block.
+    partial_write: Option<oneshot::Receiver<()>>,
+    /// Log position the last started fdatasync covers.
+    sync_started_to: u64,
     last_sync: Instant,
     last_checkpoint: Instant,
     /// (written position, metadata version) the last checkpoint recorded.
@@ -32,6 +40,30 @@ pub(super) struct Flusher<D: Disk> {
     sync_slots: Rc<glommio::sync::Semaphore>,
     /// Completes when the last started fdatasync has acknowledged (or failed).
     last_sync_done: oneshot::Receiver<bool>,
+}
+
+/// The log writes in flight, by log position, oldest first: `written_pos`
+/// moves over a write only once it and every write before it completed.
+#[derive(Debug, Default)]
+struct WritesInFlight {
+    /// (log position the write completes, whether it has completed).
+    ends: VecDeque<(u64, bool)>,
+}
+
+impl WritesInFlight {
+    /// Marks the write ending at `end` done; returns the new contiguous
+    /// written position if it moved.
+    fn complete(&mut self, end: u64) -> Option<u64> {
+        if let Some(w) = self.ends.iter_mut().find(|(e, done)| *e == end && !*done) {
+            w.1 = true;
+        }
+        let mut moved = None;
+        while let Some(&(e, true)) = self.ends.front() {
+            moved = Some(e);
+            self.ends.pop_front();
+        }
+        moved
+    }
 }
 
 /// fdatasyncs in flight at once: while one runs, the next round is written
@@ -98,6 +130,7 @@ impl<D: Disk> Flusher<D> {
         inner: Weak<Inner<D>>,
         wake: glommio::channels::local_channel::LocalReceiver<()>,
         index: IndexWriters<D>,
+        writes_in_flight: usize,
     ) -> Self {
         let (done, last_sync_done) = oneshot::channel();
         let _ = done.send(true);
@@ -106,8 +139,10 @@ impl<D: Disk> Flusher<D> {
             wake,
             index,
             segment: None,
-            unsynced: BTreeMap::new(),
-            unsynced_bytes: 0,
+            writes: Rc::default(),
+            write_slots: Rc::new(glommio::sync::Semaphore::new(writes_in_flight as u64)),
+            partial_write: None,
+            sync_started_to: 0,
             last_sync: Instant::now(),
             last_checkpoint: Instant::now(),
             checkpointed: None,
@@ -140,6 +175,8 @@ impl<D: Disk> Flusher<D> {
                 return;
             }
             if idle || poisoned {
+                // New appends, a finished write or fdatasync, or the tick
+                // wake us; none is lost (the channel keeps one wake).
                 drop(inner);
                 if self.wake.recv().await.is_none() {
                     return;
@@ -148,37 +185,53 @@ impl<D: Disk> Flusher<D> {
         }
     }
 
+    /// One pass: hand what was placed to the disk, start an fdatasync when
+    /// one is due, write full index blocks, checkpoint when due.
     async fn round(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
         let chunks: Vec<_> = {
             let mut st = inner.state.borrow_mut();
             st.log.pending.drain(..).collect()
         };
+        let max_write = inner.cfg.max_write_bytes.max(BLOCK_BYTES as usize);
         for chunk in chunks {
             let data = chunk.data.freeze();
-            self.write_segment(inner, chunk.seg_start, chunk.pos, &data)
+            inner.state.borrow_mut().tail.push(chunk.pos, data.clone());
+            let mut at = 0;
+            while at < data.len() {
+                let piece = data.slice(at..(at + max_write).min(data.len()));
+                at += piece.len();
+                self.stage(
+                    inner,
+                    chunk.seg_start,
+                    chunk.pos + at as u64 - piece.len() as u64,
+                    piece,
+                )
                 .await?;
-            let mut st = inner.state.borrow_mut();
-            st.log.written_pos = chunk.pos + data.len() as u64;
-            self.unsynced_bytes += data.len() as u64;
-            st.tail.push(chunk.pos, data);
+            }
+        }
+        // Bytes held back for the next write go out once nothing else is
+        // in flight: they may be all there is for a while.
+        if self.writes.borrow().ends.is_empty() {
+            self.flush_held(inner).await?;
         }
         let cfg = &inner.cfg;
-        let closing = inner.state.borrow().closing;
-        let sync_due = !self.unsynced.is_empty()
+        let (closing, written, synced) = {
+            let st = inner.state.borrow();
+            (st.closing, st.log.written_pos, st.log.synced_pos)
+        };
+        self.sync_started_to = self.sync_started_to.max(synced);
+        let unsynced = written.saturating_sub(self.sync_started_to);
+        let sync_due = unsynced > 0
             && match cfg.flush {
                 FlushMode::Sync => true,
                 FlushMode::Async => {
                     closing
-                        || self.unsynced_bytes >= cfg.flush_bytes
+                        || unsynced >= cfg.flush_bytes
                         || self.last_sync.elapsed() >= Duration::from_millis(cfg.flush_interval_ms)
                 }
             };
         if sync_due {
             self.start_sync(inner).await?;
-        }
-        if cfg.flush == FlushMode::Async {
-            let written = inner.state.borrow().log.written_pos;
-            acknowledge(inner, written);
         }
         flush_index(&inner.state, &mut self.index, IndexFlush::FullBlocks).await?;
         if self.last_checkpoint.elapsed() >= Duration::from_millis(cfg.checkpoint_interval_ms) {
@@ -187,30 +240,125 @@ impl<D: Disk> Flusher<D> {
         Ok(())
     }
 
-    async fn write_segment(
+    /// Stages `data`, placed at log position `pos` in the segment starting
+    /// at `seg_start`, and issues the write it completes, if any.
+    async fn stage(
         &mut self,
-        inner: &Inner<D>,
+        inner: &Rc<Inner<D>>,
         seg_start: u64,
         pos: u64,
-        data: &[u8],
+        data: bytes::Bytes,
     ) -> Result<(), StoreError> {
         let offset_in_segment = pos - seg_start;
-        let current = matches!(&self.segment, Some((s, w)) if *s == seg_start && w.written() == offset_in_segment);
+        let current = matches!(&self.segment, Some((s, w)) if *s == seg_start && w.staged() == offset_in_segment);
         if !current {
+            // The old segment is finished: its held bytes go out first.
+            self.flush_held(inner).await?;
             let file = inner.state.borrow().log.segments.get(&seg_start).cloned();
             let file = file
                 .ok_or_else(|| StoreError::Internal(format!("no segment file at {seg_start}")))?;
-            self.segment = Some((
-                seg_start,
-                AlignedWriter::open(file, offset_in_segment).await?,
-            ));
+            self.partial_write = None;
+            self.segment = Some((seg_start, BlockStager::open(file, offset_in_segment).await?));
         }
-        let Some((_, writer)) = self.segment.as_mut() else {
-            return Err(StoreError::Internal("segment writer missing".into()));
+        let Some((_, stager)) = self.segment.as_mut() else {
+            return Err(StoreError::Internal("segment stager missing".into()));
         };
-        writer.append(data).await?;
-        self.unsynced.insert(seg_start, writer.file().clone());
+        // Keep the partial block back while other writes may be in flight:
+        // two writes in flight must not share a block.
+        let write = stager.stage(data, true);
+        if let Some(write) = write {
+            self.issue(inner, seg_start, write).await?;
+        }
         Ok(())
+    }
+
+    /// Writes the held-back partial block of the current segment, if any.
+    async fn flush_held(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
+        let Some((seg_start, stager)) = self.segment.as_mut() else {
+            return Ok(());
+        };
+        let seg_start = *seg_start;
+        if let Some(write) = stager.flush_held() {
+            self.issue(inner, seg_start, write).await?;
+        }
+        Ok(())
+    }
+
+    /// Issues `write` as its own task once a write slot is free and any
+    /// earlier write to its first block is done. Its completion moves
+    /// `written_pos` (in order) and, in `async` mode, acknowledges.
+    async fn issue(
+        &mut self,
+        inner: &Rc<Inner<D>>,
+        seg_start: u64,
+        write: BlockWrite,
+    ) -> Result<(), StoreError> {
+        if let Some(earlier) = self.partial_write.take() {
+            let _ = earlier.await;
+        }
+        let slot = self
+            .write_slots
+            .acquire_static_permit(1)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let Some((_, stager)) = self.segment.as_ref() else {
+            return Err(StoreError::Internal("segment stager missing".into()));
+        };
+        let file = stager.file().clone();
+        let end = seg_start + write.end;
+        let (partial_done, partial_wait) = oneshot::channel();
+        if write.partial {
+            self.partial_write = Some(partial_wait);
+        }
+        self.writes.borrow_mut().ends.push_back((end, false));
+        let writes = self.writes.clone();
+        let weak = Rc::downgrade(inner);
+        glommio::spawn_local(async move {
+            let result = write.run(file.as_ref()).await;
+            drop(slot);
+            let _ = partial_done.send(());
+            let Some(inner) = weak.upgrade() else { return };
+            match result {
+                Ok(()) => {
+                    if let Some(to) = writes.borrow_mut().complete(end) {
+                        inner.state.borrow_mut().log.written_pos = to;
+                        if inner.cfg.flush == FlushMode::Async {
+                            acknowledge(&inner, to);
+                        }
+                    }
+                }
+                Err(e) => poison(&inner, &StoreError::from(e)),
+            }
+            let _ = inner.wake.try_send(());
+        })
+        .detach();
+        Ok(())
+    }
+
+    /// Waits until every log write has completed, the held bytes included.
+    async fn drain_writes(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
+        self.flush_held(inner).await?;
+        let all = self
+            .write_slots
+            .acquire_permit(inner.cfg.writes_in_flight as u64)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        drop(all);
+        match inner.state.borrow().poisoned.clone() {
+            Some(cause) => Err(StoreError::Poisoned(cause)),
+            None => Ok(()),
+        }
+    }
+
+    /// The segment files holding log bytes in `[from, to)`.
+    fn files_between(inner: &Inner<D>, from: u64, to: u64) -> Vec<Rc<D::File>> {
+        let st = inner.state.borrow();
+        let first = from - from % st.log.segment_bytes;
+        st.log
+            .segments
+            .range(first..to)
+            .map(|(_, f)| f.clone())
+            .collect()
     }
 
     /// Starts an fdatasync of every segment written since the last one, as
@@ -223,9 +371,9 @@ impl<D: Disk> Flusher<D> {
             .acquire_static_permit(1)
             .await
             .map_err(|_| StoreError::Closed)?;
-        let files: Vec<Rc<D::File>> = std::mem::take(&mut self.unsynced).into_values().collect();
         let covered = inner.state.borrow().log.written_pos;
-        self.unsynced_bytes = 0;
+        let files = Self::files_between(inner, self.sync_started_to, covered);
+        self.sync_started_to = covered;
         self.last_sync = Instant::now();
         let (done, next_done) = oneshot::channel();
         let previous = std::mem::replace(&mut self.last_sync_done, next_done);
@@ -255,14 +403,18 @@ impl<D: Disk> Flusher<D> {
                 }
             };
             let _ = done.send(ok);
+            // Writes that completed meanwhile may want the next fdatasync.
+            let _ = inner.wake.try_send(());
         })
         .detach();
         Ok(())
     }
 
-    /// Waits for every fdatasync in flight, then syncs what is left inline:
-    /// afterwards everything written is durable (or the store is poisoned).
+    /// Waits for every write and fdatasync in flight, then syncs what is
+    /// left inline: afterwards everything placed is durable (or the store
+    /// is poisoned).
     async fn sync_all(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
+        self.drain_writes(inner).await?;
         let all = self
             .sync_slots
             .acquire_permit(SYNCS_IN_FLIGHT)
@@ -273,10 +425,12 @@ impl<D: Disk> Flusher<D> {
             return Err(StoreError::Poisoned(cause));
         }
         let written = inner.state.borrow().log.written_pos;
-        for file in std::mem::take(&mut self.unsynced).into_values() {
-            file.sync().await?;
+        if written > self.sync_started_to {
+            for file in Self::files_between(inner, self.sync_started_to, written) {
+                file.sync().await?;
+            }
         }
-        self.unsynced_bytes = 0;
+        self.sync_started_to = written;
         self.last_sync = Instant::now();
         mark_synced(inner, written);
         Ok(())

@@ -158,7 +158,7 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
         catch_up,
         cfg,
     });
-    let flusher = Flusher::new(Rc::downgrade(&inner), rx, index);
+    let flusher = Flusher::new(Rc::downgrade(&inner), rx, index, inner.cfg.writes_in_flight);
     *inner.flusher.borrow_mut() = Some(glommio::spawn_local(flusher.run()));
     let period = Duration::from_millis(
         inner

@@ -32,6 +32,9 @@ pub fn small_config(dir: &str) -> StoreConfig {
     cfg.index_cache_blocks = 4;
     cfg.read_ahead_bytes = 16 * 1024;
     cfg.read_ahead_windows = 2;
+    // Rounds split into several writes in flight.
+    cfg.max_write_bytes = 8 * 1024;
+    cfg.writes_in_flight = 3;
     cfg
 }
 
