@@ -454,6 +454,56 @@ impl<D: Disk> Store<D> {
             .copied()
     }
 
+    /// Adds durable queue table rows to the in-memory state.
+    fn apply_rows(&self, rows: Vec<QueueRow>) {
+        let mut st = self.inner.state.borrow_mut();
+        for row in rows {
+            st.queues.push(QueueState::new(row.queue_id, 0));
+            let key = (row.topic, row.queue_id);
+            if row.deleted {
+                st.by_name.remove(&key);
+            } else {
+                st.by_name.insert(key, QueueNum(row.qnum));
+            }
+        }
+        st.meta_version += 1;
+    }
+
+    /// Deletes every queue of `topic` (durably, one queue table append):
+    /// their names are gone at once, their records stay in the log until
+    /// retention removes the segments. Returns how many were deleted.
+    pub async fn delete_queues(&self, topic: &TopicName) -> Result<usize, StoreError> {
+        let mut table = self.inner.queue_table.lock().await;
+        let rows = {
+            let st = self.inner.state.borrow();
+            st.writable()?;
+            let mut victims: Vec<QueueId> = st
+                .by_name
+                .keys()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, q)| *q)
+                .collect();
+            victims.sort();
+            let first = st.queues.len() as u32 + 1;
+            victims
+                .into_iter()
+                .zip(first..)
+                .map(|(queue_id, qnum)| QueueRow {
+                    qnum,
+                    topic: topic.clone(),
+                    queue_id,
+                    deleted: true,
+                })
+                .collect::<Vec<_>>()
+        };
+        let n = rows.len();
+        if n > 0 {
+            table.append(&rows).await?;
+            self.apply_rows(rows);
+        }
+        Ok(n)
+    }
+
     /// Returns the queue's number, creating the queue (durably) if needed.
     pub async fn create_queue(
         &self,
@@ -490,6 +540,7 @@ impl<D: Disk> Store<D> {
                         qnum: next,
                         topic: topic.clone(),
                         queue_id: *queue_id,
+                        deleted: false,
                     });
                     next += 1;
                 }
@@ -502,13 +553,7 @@ impl<D: Disk> Store<D> {
                 tracing::error!(error = %e, table = %table.path().display(), "queue table append failed");
                 e
             })?;
-            let mut st = self.inner.state.borrow_mut();
-            for row in new_rows {
-                st.queues.push(QueueState::new(row.queue_id, 0));
-                st.by_name
-                    .insert((row.topic, row.queue_id), QueueNum(row.qnum));
-            }
-            st.meta_version += 1;
+            self.apply_rows(new_rows);
         }
         drop(table);
         let st = self.inner.state.borrow();

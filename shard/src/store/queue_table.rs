@@ -9,9 +9,15 @@
 //!      4    4 queue_id
 //!      8    2 topic_len   <= 127
 //!     10  127 topic       UTF-8, zero-padded
-//!    137    3 reserved    0
+//!    137    1 deleted     0, or 1: a tombstone deleting the live queue
+//!                         (topic, queue_id); its own qnum is never used
+//!    138    2 reserved    0
 //!    140    4 crc         crc32c of bytes [0, 140)
 //! ```
+//!
+//! A deleted queue keeps its qnum (its entries stay in the log until
+//! retention removes them) but no longer has a name, so creating the same
+//! (topic, queue id) again starts a new, empty queue.
 //!
 //! A zero record ends the table. A bad record followed only by zeros is a
 //! torn append (its creation was never acknowledged) and is dropped; a bad
@@ -36,7 +42,10 @@ pub(crate) struct QueueRow {
     pub(crate) qnum: u32,
     pub(crate) topic: TopicName,
     pub(crate) queue_id: QueueId,
+    pub(crate) deleted: bool,
 }
+
+const DELETED_AT: usize = 137;
 
 impl QueueRow {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), StoreError> {
@@ -52,6 +61,7 @@ impl QueueRow {
         r[4..8].copy_from_slice(&self.queue_id.0.to_le_bytes());
         r[8..10].copy_from_slice(&(topic.len() as u16).to_le_bytes());
         r[TOPIC_AT..TOPIC_AT + topic.len()].copy_from_slice(topic);
+        r[DELETED_AT] = u8::from(self.deleted);
         let crc = crc32c::crc32c(&r[..CRC_AT]);
         r[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
         out.extend_from_slice(&r);
@@ -62,6 +72,9 @@ impl QueueRow {
         let word = |at: usize| u32::from_le_bytes([r[at], r[at + 1], r[at + 2], r[at + 3]]);
         if r.len() != RECORD_BYTES || word(CRC_AT) != crc32c::crc32c(&r[..CRC_AT]) {
             return Err("crc mismatch");
+        }
+        if r[DELETED_AT] > 1 || r[DELETED_AT + 1..CRC_AT].iter().any(|&b| b != 0) {
+            return Err("reserved bytes set");
         }
         let len = u16::from_le_bytes([r[8], r[9]]) as usize;
         let topic = r
@@ -74,6 +87,7 @@ impl QueueRow {
             qnum: word(0),
             topic,
             queue_id: QueueId(word(4)),
+            deleted: r[DELETED_AT] == 1,
         })
     }
 }
@@ -157,6 +171,7 @@ mod tests {
             qnum,
             topic: TopicName::new(topic).unwrap(),
             queue_id: QueueId(q),
+            deleted: false,
         }
     }
 

@@ -252,7 +252,12 @@ fn initial_state<D: Disk>(
         let at = at_checkpoint.get(&row.qnum).copied().unwrap_or_default();
         let mut q = QueueState::new(row.queue_id, at.next_offset);
         q.min_offset = at.min_offset;
-        by_name.insert((row.topic.clone(), row.queue_id), QueueNum(row.qnum));
+        let key = (row.topic.clone(), row.queue_id);
+        if row.deleted {
+            by_name.remove(&key);
+        } else {
+            by_name.insert(key, QueueNum(row.qnum));
+        }
         queues.push(q);
     }
     let mut offsets = BTreeMap::new();
