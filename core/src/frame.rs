@@ -177,7 +177,18 @@ impl Frame {
     /// A frame over [`MAX_FRAME_BYTES_LIMIT`] is refused with
     /// [`FrameError::TooLarge`]: no peer could accept it.
     pub fn encode_head(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let total = self.encoded_len();
+        self.encode_head_for_body(dst, self.body.len())
+    }
+
+    /// Like [`Frame::encode_head`] for a body of `body_len` bytes that the
+    /// transport writes from elsewhere (several stored batches, say);
+    /// `self.body` is ignored.
+    pub fn encode_head_for_body(
+        &self,
+        dst: &mut BytesMut,
+        body_len: usize,
+    ) -> Result<(), FrameError> {
+        let total = FRAME_PREFIX_BYTES + self.header.len() + body_len;
         if total > MAX_FRAME_BYTES_LIMIT as usize {
             return Err(FrameError::TooLarge {
                 len: total as u64,

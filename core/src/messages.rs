@@ -7,7 +7,7 @@
 //! and an [`ErrorResponse`] header instead of the typed one.
 
 use crate::error_code::ErrorCode;
-use crate::name::{BrokerId, GroupName, QueueId, TopicName};
+use crate::name::{BrokerId, GroupName, QueueId, ShardId, TopicName};
 use crate::route::{
     BrokerRole, ConsumeMode, Perm, ShardRoute, Subscription, TopicDescription, TopicRoute,
 };
@@ -191,6 +191,8 @@ messages! {
     QueryConsumerOffset = 4: QueryConsumerOffsetRequest => QueryConsumerOffsetResponse;
     /// Read a queue's earliest and next offsets.
     QueryQueueOffsets = 5: QueryQueueOffsetsRequest => QueryQueueOffsetsResponse;
+    /// Read a broker's per-shard counters.
+    BrokerStatus = 6: BrokerStatusRequest => BrokerStatusResponse;
     /// Create a topic on a broker, which places its queues on shards.
     CreateTopic = 10: CreateTopicRequest => TopicDescription;
     /// Read a topic's settings and placement from a broker.
@@ -317,6 +319,49 @@ wire_struct! {
         pub min_offset: u64,
         /// The offset the next appended record will get.
         pub max_offset: u64,
+    }
+}
+
+wire_struct! {
+    /// Header of [`RequestCode::BrokerStatus`].
+    pub struct BrokerStatusRequest {}
+}
+
+wire_struct! {
+    /// One shard's counters since the broker started.
+    pub struct ShardStatus {
+        /// The shard.
+        pub shard_id: ShardId,
+        /// `host:port` of the shard's own listener.
+        pub addr: String,
+        /// Open client connections on this shard.
+        pub connections: u64,
+        /// Requests being handled now (this shard's request queue depth).
+        pub in_flight: u64,
+        /// Long-polling fetches parked now.
+        pub parked_fetches: u64,
+        /// Queues stored on this shard.
+        pub queues: u64,
+        /// Frame bytes read from clients.
+        pub bytes_in: u64,
+        /// Frame bytes written to clients.
+        pub bytes_out: u64,
+        /// Records appended.
+        pub records_in: u64,
+        /// Records returned by fetches (whole batches counted).
+        pub records_out: u64,
+        /// Requests forwarded to other shards over the mesh.
+        pub forwarded: u64,
+    }
+}
+
+wire_struct! {
+    /// A broker's status.
+    pub struct BrokerStatusResponse {
+        /// The broker's name.
+        pub broker_name: String,
+        /// Every shard, by id.
+        pub shards: Vec<ShardStatus>,
     }
 }
 
