@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`store`]: the per-shard storage engine (commit log, queue indexes,
 //!   consumer offsets, checkpoints, recovery) behind the [`store::Disk`] trait.
-//! - `ringmq-broker` (src/main.rs): the broker process. Shards, listeners and
-//!   the SPSC mesh arrive with issue #4.
+//! - [`broker`]: the broker process: shards on pinned glommio executors,
+//!   per-shard and shared listeners, the SPSC mesh, topic metadata and the
+//!   request handlers. `ringmq-broker` (src/main.rs) is its command line.
 
+pub mod broker;
 pub mod store;

@@ -131,3 +131,4 @@ pub fn bodies(seed: u64, n: usize, len: usize) -> Vec<Vec<u8>> {
         .map(|i| format!("{seed}-{i}-{}", "x".repeat(len)).into_bytes())
         .collect()
 }
+pub mod client;

@@ -1,0 +1,376 @@
+//! Broker settings: command-line flags over an optional TOML file over
+//! defaults. Every field is documented in `ringmq-broker --help`.
+
+use clap::Parser;
+use ringmq_core::FlushMode;
+use serde::Deserialize;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+/// Why the settings are unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for these settings.
+    #[error("config file {}: {reason}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A setting is outside its domain.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `ringmq-broker`: a ringmq broker, one shard per core.
+///
+/// Flags override the config file (`--config`), which overrides defaults.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "ringmq-broker", version, about, long_about = None)]
+pub struct BrokerArgs {
+    /// TOML file with any of the settings below (same names, with `_` for `-`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Front port address: every shard accepts here (SO_REUSEPORT) and
+    /// forwards requests for queues it does not own. [default: 0.0.0.0:10911]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// First port of the per-shard listeners: shard i listens on BASE + i.
+    /// 0 picks free ports. [default: front port + 1]
+    #[arg(long, value_name = "BASE")]
+    pub shard_port_base: Option<u16>,
+    /// Data folder; shard i stores under DIR/shard-i. Created if missing.
+    /// [default: ./ringmq-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards. [default: one per available core]
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// CPUs to pin shards to, in shard order (e.g. `0,2-3`). [default: 0..shards]
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+    /// When a send is acknowledged: `async` once written, `sync` once
+    /// fdatasynced. [default: async]
+    #[arg(long, value_name = "MODE")]
+    pub flush: Option<String>,
+    /// `async` mode: fdatasync at least this often. [default: 100]
+    #[arg(long, value_name = "MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// This broker's name in routes. [default: broker-a]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Cluster name reported to name servers. [default: DefaultCluster]
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Name servers to register with, comma-separated.
+    #[arg(long, value_name = "ADDR[,ADDR]", value_delimiter = ',')]
+    pub namesrv: Option<Vec<String>>,
+    /// Commit-log segment size in MiB. [default: 1024]
+    #[arg(long, value_name = "MIB")]
+    pub segment_mib: Option<u64>,
+    /// Delete log segments older than this many hours (0 keeps them). [default: 72]
+    #[arg(long, value_name = "HOURS")]
+    pub retention_hours: Option<u64>,
+    /// Delete the oldest segments while a shard's log is bigger than this many MiB.
+    #[arg(long, value_name = "MIB")]
+    pub retention_mib: Option<u64>,
+    /// Per-shard memory budget in MiB for request buffers in flight; over
+    /// it the shard stops reading from sockets. [default: 256]
+    #[arg(long, value_name = "MIB")]
+    pub memory_budget_mib: Option<u64>,
+    /// Requests in flight per connection before the broker stops reading it. [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// Largest frame accepted, in bytes. [default: 16777216]
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame_bytes: Option<u32>,
+    /// Longest a fetch may park at the end of a queue, in ms. [default: 30000]
+    #[arg(long, value_name = "MS")]
+    pub max_fetch_wait_ms: Option<u32>,
+    /// Also run a name server in this process (one command, a working node).
+    #[arg(long)]
+    pub standalone: bool,
+}
+
+/// The same settings as read from a TOML file; all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    shard_port_base: Option<u16>,
+    data_dir: Option<PathBuf>,
+    shards: Option<usize>,
+    cpus: Option<String>,
+    flush: Option<String>,
+    flush_interval_ms: Option<u64>,
+    name: Option<String>,
+    cluster: Option<String>,
+    namesrv: Option<Vec<String>>,
+    segment_mib: Option<u64>,
+    retention_hours: Option<u64>,
+    retention_mib: Option<u64>,
+    memory_budget_mib: Option<u64>,
+    max_in_flight: Option<usize>,
+    max_frame_bytes: Option<u32>,
+    max_fetch_wait_ms: Option<u32>,
+    standalone: Option<bool>,
+}
+
+/// Resolved broker settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// The front port's address.
+    pub listen: SocketAddr,
+    /// First per-shard port; `None`: front port + 1 (free ports when the front port is 0).
+    pub shard_port_base: Option<u16>,
+    /// The data folder.
+    pub data_dir: PathBuf,
+    /// Shard count.
+    pub shards: usize,
+    /// CPU of each shard.
+    pub cpus: Vec<usize>,
+    /// Durability of acknowledgements.
+    pub flush: FlushMode,
+    /// `async` flush interval.
+    pub flush_interval_ms: u64,
+    /// Broker name.
+    pub name: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Name servers.
+    pub namesrv: Vec<String>,
+    /// Segment size in bytes.
+    pub segment_bytes: u64,
+    /// Retention by age.
+    pub retention_ms: Option<u64>,
+    /// Retention by size per shard.
+    pub retention_bytes: Option<u64>,
+    /// Request buffer budget per shard, bytes.
+    pub memory_budget_bytes: u64,
+    /// Requests in flight per connection.
+    pub max_in_flight: usize,
+    /// Frame cap.
+    pub max_frame_bytes: u32,
+    /// Longest fetch park.
+    pub max_fetch_wait_ms: u32,
+    /// Run an embedded name server.
+    pub standalone: bool,
+}
+
+impl BrokerConfig {
+    /// Defaults for a broker storing in `data_dir` with `shards` shards,
+    /// listening on free loopback ports (what tests want).
+    pub fn for_test(data_dir: impl Into<PathBuf>, shards: usize) -> Self {
+        let mut cfg = Self::resolve(BrokerArgs::default()).unwrap_or_else(|_| unreachable!());
+        cfg.data_dir = data_dir.into();
+        cfg.shards = shards;
+        cfg.cpus = (0..shards).map(|i| i % online_cpus()).collect();
+        cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        cfg.shard_port_base = None;
+        cfg.segment_bytes = 64 << 20;
+        cfg
+    }
+
+    /// Merges flags over the config file over defaults, and checks them.
+    pub fn resolve(args: BrokerArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                args.$field.clone().or(file.$field.clone())
+            };
+        }
+        let listen_text = pick!(listen).unwrap_or_else(|| "0.0.0.0:10911".into());
+        let listen = listen_text
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "--listen {listen_text:?} is not a HOST:PORT address"
+                ))
+            })?;
+        let shards = pick!(shards).unwrap_or_else(online_cpus);
+        if shards == 0 || shards > 256 {
+            return Err(ConfigError::Invalid(format!(
+                "--shards {shards}: must be 1 to 256"
+            )));
+        }
+        let cpus = match pick!(cpus) {
+            Some(list) => parse_cpu_list(&list)?,
+            None => (0..shards).map(|i| i % online_cpus()).collect(),
+        };
+        if cpus.len() < shards {
+            return Err(ConfigError::Invalid(format!(
+                "--cpus names {} CPUs for {shards} shards",
+                cpus.len()
+            )));
+        }
+        let flush = match pick!(flush).as_deref().unwrap_or("async") {
+            "async" => FlushMode::Async,
+            "sync" => FlushMode::Sync,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "--flush {other:?}: expected async or sync"
+                )))
+            }
+        };
+        let name = pick!(name).unwrap_or_else(|| "broker-a".into());
+        if name.is_empty() || name.len() > 127 || name.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid(format!(
+                "--name {name:?}: 1-127 characters, no spaces"
+            )));
+        }
+        let segment_mib = pick!(segment_mib).unwrap_or(1024);
+        if !(1..=64 * 1024).contains(&segment_mib) {
+            return Err(ConfigError::Invalid(format!(
+                "--segment-mib {segment_mib}: must be 1 to 65536"
+            )));
+        }
+        let memory_budget_mib = pick!(memory_budget_mib).unwrap_or(256);
+        let max_frame_bytes = pick!(max_frame_bytes).unwrap_or(16 << 20);
+        if memory_budget_mib == 0 || memory_budget_mib << 20 < u64::from(max_frame_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "--memory-budget-mib {memory_budget_mib} must hold at least one frame of --max-frame-bytes {max_frame_bytes}"
+            )));
+        }
+        let max_in_flight = pick!(max_in_flight).unwrap_or(1024);
+        if max_in_flight == 0 {
+            return Err(ConfigError::Invalid(
+                "--max-in-flight must be positive".into(),
+            ));
+        }
+        Ok(Self {
+            listen,
+            shard_port_base: pick!(shard_port_base),
+            data_dir: pick!(data_dir).unwrap_or_else(|| "ringmq-data".into()),
+            shards,
+            cpus,
+            flush,
+            flush_interval_ms: pick!(flush_interval_ms).unwrap_or(100),
+            name,
+            cluster: pick!(cluster).unwrap_or_else(|| "DefaultCluster".into()),
+            namesrv: pick!(namesrv).unwrap_or_default(),
+            segment_bytes: segment_mib << 20,
+            retention_ms: match pick!(retention_hours).unwrap_or(72) {
+                0 => None,
+                h => Some(h * 3_600_000),
+            },
+            retention_bytes: pick!(retention_mib).map(|m| m << 20),
+            memory_budget_bytes: memory_budget_mib << 20,
+            max_in_flight,
+            max_frame_bytes,
+            max_fetch_wait_ms: pick!(max_fetch_wait_ms).unwrap_or(30_000),
+            standalone: args.standalone || file.standalone.unwrap_or(false),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// CPUs this process may run on.
+pub(crate) fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Parses `0,2-3` into `[0, 2, 3]`.
+fn parse_cpu_list(list: &str) -> Result<Vec<usize>, ConfigError> {
+    let bad = || ConfigError::Invalid(format!("--cpus {list:?}: expected a list like 0,2-3"));
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b || b - a > 1024 {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err(bad());
+    }
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> BrokerArgs {
+        BrokerArgs::try_parse_from(std::iter::once("ringmq-broker").chain(list.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(
+            &file,
+            "name = \"from-file\"\nshards = 3\nflush = \"sync\"\n",
+        )
+        .unwrap();
+        let cfg =
+            BrokerConfig::resolve(args(&["--config", file.to_str().unwrap(), "--shards", "2"]))
+                .unwrap();
+        assert_eq!(cfg.name, "from-file");
+        assert_eq!(cfg.shards, 2);
+        assert_eq!(cfg.flush, FlushMode::Sync);
+        assert_eq!(cfg.listen.port(), 10911);
+    }
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        for (list, needle) in [
+            (&["--shards", "0"][..], "--shards"),
+            (&["--flush", "later"][..], "--flush"),
+            (&["--listen", "nowhere"][..], "--listen"),
+            (&["--cpus", "3-1"][..], "--cpus"),
+            (&["--shards", "3", "--cpus", "0,1"][..], "--cpus"),
+            (&["--memory-budget-mib", "1"][..], "--memory-budget-mib"),
+        ] {
+            let err = BrokerConfig::resolve(args(list)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{list:?}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "nmae = \"typo\"\n").unwrap();
+        let err = BrokerConfig::resolve(args(&["--config", file.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nmae"), "{err}");
+    }
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("0,2-3").unwrap(), vec![0, 2, 3]);
+        assert!(parse_cpu_list("x").is_err());
+    }
+}
