@@ -9,7 +9,8 @@
 use crate::error_code::ErrorCode;
 use crate::name::{BrokerId, GroupName, QueueId, ShardId, TopicName};
 use crate::route::{
-    BrokerRole, ConsumeMode, Perm, ShardRoute, Subscription, TopicDescription, TopicRoute,
+    BrokerInfo, BrokerRole, ConsumeMode, Perm, ShardRoute, Subscription, TopicDescription,
+    TopicRoute,
 };
 use crate::wire::{wire_struct, DecodeError, Reader, Wire};
 use bytes::BytesMut;
@@ -193,6 +194,8 @@ messages! {
     QueryQueueOffsets = 5: QueryQueueOffsetsRequest => QueryQueueOffsetsResponse;
     /// Read a broker's per-shard counters.
     BrokerStatus = 6: BrokerStatusRequest => BrokerStatusResponse;
+    /// List the consumer groups with committed offsets on a broker.
+    ListGroups = 7: ListGroupsRequest => ListGroupsResponse;
     /// Create a topic on a broker, which places its queues on shards.
     CreateTopic = 10: CreateTopicRequest => TopicDescription;
     /// Read a topic's settings and placement from a broker.
@@ -201,6 +204,10 @@ messages! {
     DeleteTopic = 12: DeleteTopicRequest => Ack;
     /// Ask a name server for a topic's core-aware route.
     QueryRoute = 13: QueryRouteRequest => TopicRoute;
+    /// Ask a name server for every topic it routes.
+    ListTopics = 14: ListTopicsRequest => ListTopicsResponse;
+    /// Ask a name server for its live brokers.
+    ClusterInfo = 15: ClusterInfoRequest => ClusterInfoResponse;
     /// A broker announces itself and (a chunk of) its topics to a name server.
     RegisterBroker = 20: RegisterBrokerRequest => RegisterBrokerResponse;
     /// A broker tells a name server it is alive.
@@ -366,6 +373,19 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Header of [`RequestCode::ListGroups`].
+    pub struct ListGroupsRequest {}
+}
+
+wire_struct! {
+    /// Consumer groups with a committed offset on any queue of the broker, sorted.
+    pub struct ListGroupsResponse {
+        /// The groups.
+        pub groups: Vec<GroupName>,
+    }
+}
+
+wire_struct! {
     /// Header of [`RequestCode::CreateTopic`].
     pub struct CreateTopicRequest {
         /// The topic; reserved prefixes are refused.
@@ -398,6 +418,32 @@ wire_struct! {
     pub struct QueryRouteRequest {
         /// The topic.
         pub topic: TopicName,
+    }
+}
+
+wire_struct! {
+    /// Header of [`RequestCode::ListTopics`].
+    pub struct ListTopicsRequest {}
+}
+
+wire_struct! {
+    /// Every topic a name server routes, sorted.
+    pub struct ListTopicsResponse {
+        /// The topics.
+        pub topics: Vec<TopicName>,
+    }
+}
+
+wire_struct! {
+    /// Header of [`RequestCode::ClusterInfo`].
+    pub struct ClusterInfoRequest {}
+}
+
+wire_struct! {
+    /// A name server's live brokers, sorted by name and id.
+    pub struct ClusterInfoResponse {
+        /// The brokers.
+        pub brokers: Vec<BrokerInfo>,
     }
 }
 

@@ -119,6 +119,24 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// A broker as a name server's cluster view shows it.
+    pub struct BrokerInfo {
+        /// The cluster it belongs to.
+        pub cluster: String,
+        /// Its route entry: name, id, role, front port and shards.
+        pub route: BrokerRoute,
+        /// Milliseconds since the name server last heard from it.
+        pub last_heartbeat_ms_ago: u64,
+        /// Its topic data version.
+        pub data_version: u64,
+        /// Topics it registered.
+        pub topic_count: u32,
+        /// Its software version.
+        pub version: String,
+    }
+}
+
+wire_struct! {
     /// A broker as routes name it.
     pub struct BrokerRoute {
         /// The broker set's name.
