@@ -1,6 +1,293 @@
 //! ringmq name server: broker registry and core-aware topic routes.
 //!
 //! # Layout
-//! - `ringmq-namesrv` (src/main.rs): the name server process; its registry and route tables arrive with issue #5.
+//! - [`registry`]: the tables (brokers, their topics, the topic index),
+//!   sans-IO, with chunked registration and expiry.
+//! - this file: the server: one glommio executor on its own thread, a
+//!   listener, and a loop per connection that answers frames in order.
+//!   [`start`] runs it (the `ringmq-namesrv` binary, or a broker with
+//!   `--standalone`).
+//! - `ringmq-namesrv` (src/main.rs): the command line.
 //!
-//! Nothing else is here yet: issue #5 builds this crate on `ringmq-core`.
+//! Name servers do not talk to each other: brokers register with every
+//! one, and clients fail over between them.
+
+pub mod registry;
+
+use bytes::BytesMut;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use registry::Registry;
+use ringmq_core::messages::{ClusterInfoResponse, ListTopicsResponse};
+use ringmq_core::{
+    ErrorCode, ErrorResponse, Frame, FrameDecoder, FrameError, FrameKind, Request, Response,
+};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Name server settings.
+#[derive(Debug, Clone)]
+pub struct NamesrvConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// How often brokers must heartbeat; silent for three intervals, they
+    /// are dropped.
+    pub heartbeat_interval: Duration,
+    /// CPU to pin the executor to (`None`: unpinned).
+    pub cpu: Option<usize>,
+}
+
+/// Why the name server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NamesrvError {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The executor thread failed.
+    #[error("name server thread: {0}")]
+    Thread(String),
+}
+
+/// A running name server.
+#[derive(Debug)]
+pub struct RunningNamesrv {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: glommio::ExecutorJoinHandle<()>,
+}
+
+impl RunningNamesrv {
+    /// Asks it to stop.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// A flag that stops it when set.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Waits until it stopped.
+    pub fn join(self) -> Result<(), NamesrvError> {
+        self.thread
+            .join()
+            .map_err(|e| NamesrvError::Thread(e.to_string()))
+    }
+}
+
+/// Frames up to 16 MiB: a registration chunk must fit one.
+const MAX_FRAME_BYTES: u32 = 16 << 20;
+
+/// Starts a name server on its own thread; returns once it listens.
+pub fn start(cfg: NamesrvConfig) -> Result<RunningNamesrv, NamesrvError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<Result<SocketAddr, NamesrvError>>();
+    let placement = match cfg.cpu {
+        Some(cpu) => glommio::Placement::Fixed(cpu),
+        None => glommio::Placement::Unbound,
+    };
+    let flag = stop.clone();
+    let listen = cfg.listen;
+    let thread = glommio::LocalExecutorBuilder::new(placement)
+        .name("ringmq-namesrv")
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let listener = match TcpListener::bind(listen) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx.send(Err(NamesrvError::Listen {
+                        addr: listen,
+                        reason: e.to_string(),
+                    }));
+                    return;
+                }
+            };
+            let addr = listener.local_addr().unwrap_or(listen);
+            let _ = tx.send(Ok(addr));
+            serve(listener, cfg, flag).await;
+        })
+        .map_err(|e| NamesrvError::Thread(e.to_string()))?;
+    let addr = rx
+        .recv()
+        .map_err(|_| NamesrvError::Thread("ended before listening".into()))??;
+    tracing::info!(%addr, "name server listening");
+    Ok(RunningNamesrv { addr, stop, thread })
+}
+
+struct Server {
+    registry: RefCell<Registry>,
+    next_conn: Cell<u64>,
+}
+
+async fn serve(listener: TcpListener, cfg: NamesrvConfig, stop: Arc<AtomicBool>) {
+    let server = Rc::new(Server {
+        registry: RefCell::new(Registry::new(cfg.heartbeat_interval)),
+        next_conn: Cell::new(1),
+    });
+    let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
+    let stop_rx = futures::FutureExt::shared(stop_rx);
+    let accept = {
+        let server = server.clone();
+        let stop_rx = stop_rx.clone();
+        glommio::spawn_local(async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        let conn = server.next_conn.get();
+                        server.next_conn.set(conn + 1);
+                        glommio::spawn_local(connection(
+                            server.clone(),
+                            stream,
+                            conn,
+                            stop_rx.clone(),
+                        ))
+                        .detach();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        })
+    };
+    // Expiry runs a few times per interval; the stop flag is polled with it.
+    let tick =
+        (cfg.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    let mut since_expiry = Duration::ZERO;
+    while !stop.load(Ordering::SeqCst) {
+        let step = tick.min(Duration::from_millis(50));
+        glommio::timer::sleep(step).await;
+        since_expiry += step;
+        if since_expiry >= tick {
+            since_expiry = Duration::ZERO;
+            server.registry.borrow_mut().expire(Instant::now());
+        }
+    }
+    drop(accept);
+    // Close every connection, so peers notice at once.
+    let _ = stop_tx.send(());
+    glommio::timer::sleep(Duration::from_millis(20)).await;
+    tracing::info!("name server stopped");
+}
+
+fn answer(server: &Server, req: Request, conn: u64) -> Result<Response, ErrorResponse> {
+    let now = Instant::now();
+    let mut reg = server.registry.borrow_mut();
+    Ok(match req {
+        Request::RegisterBroker(r) => Response::RegisterBroker(reg.register(r, conn, now)?),
+        Request::BrokerHeartbeat(h) => Response::BrokerHeartbeat(reg.heartbeat(&h, now)),
+        Request::QueryRoute(q) => Response::QueryRoute(reg.route(&q.topic)?),
+        Request::ListTopics(_) => Response::ListTopics(ListTopicsResponse {
+            topics: reg.topics(),
+        }),
+        Request::ClusterInfo(_) => Response::ClusterInfo(ClusterInfoResponse {
+            brokers: reg.cluster(now),
+        }),
+        other => {
+            return Err(ErrorResponse::new(
+                ErrorCode::UnknownRequestCode,
+                format!(
+                    "{} is not a name server request (send it to a broker)",
+                    other.code().name()
+                ),
+            ))
+        }
+    })
+}
+
+/// Answers frames in order until the peer closes or breaks framing; then
+/// forgets the brokers that registered on this connection.
+async fn connection(
+    server: Rc<Server>,
+    stream: TcpStream,
+    conn: u64,
+    mut stop: futures::future::Shared<futures::channel::oneshot::Receiver<()>>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.split();
+    let decoder = FrameDecoder::new(MAX_FRAME_BYTES);
+    let mut buf = BytesMut::new();
+    let mut out = BytesMut::new();
+    'conn: loop {
+        loop {
+            let frame = match decoder.decode(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let (opaque, code, reply) = match &e {
+                        FrameError::Malformed {
+                            opaque,
+                            code,
+                            expects_response,
+                            ..
+                        } => (*opaque, *code, *expects_response),
+                        _ => (0, 0, true),
+                    };
+                    if reply {
+                        let err = ErrorResponse::new(e.error_code(), e.to_string());
+                        let _ = Frame::error(opaque, code, &err).encode(&mut out);
+                    }
+                    if e.is_fatal() {
+                        let _ = writer.write_all(&out).await;
+                        break 'conn;
+                    }
+                    continue;
+                }
+            };
+            if frame.kind == FrameKind::Response {
+                continue;
+            }
+            let result = frame
+                .decode_request()
+                .map_err(|e| ErrorResponse::new(e.error_code(), e.to_string()))
+                .and_then(|req| answer(&server, req, conn));
+            if frame.kind == FrameKind::Request {
+                let encoded = match &result {
+                    Ok(resp) => {
+                        Frame::response(frame.opaque, resp, bytes::Bytes::new()).encode(&mut out)
+                    }
+                    Err(e) => Frame::error(frame.opaque, frame.code, e).encode(&mut out),
+                };
+                if let Err(e) = encoded {
+                    let err = ErrorResponse::new(ErrorCode::Internal, e.to_string());
+                    let _ = Frame::error(frame.opaque, frame.code, &err).encode(&mut out);
+                }
+            }
+        }
+        if !out.is_empty() {
+            if writer.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+            if out.capacity() > 1 << 20 {
+                out = BytesMut::new();
+            }
+        }
+        let start = buf.len();
+        buf.resize(start + (buf.capacity() - start).max(16 * 1024), 0);
+        let n = match futures::future::select(reader.read(&mut buf[start..]), &mut stop).await {
+            futures::future::Either::Left((r, _)) => r.unwrap_or(0),
+            futures::future::Either::Right(_) => 0,
+        };
+        buf.truncate(start + n);
+        if n == 0 {
+            break;
+        }
+        if buf.is_empty() && buf.capacity() > 1 << 20 {
+            buf = BytesMut::new();
+        }
+    }
+    server.registry.borrow_mut().connection_closed(conn);
+}
