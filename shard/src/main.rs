@@ -17,6 +17,7 @@ fn init_logs() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(filter)
         .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
             !(meta.target() == "glommio::reactor" && *meta.level() == tracing::Level::ERROR)

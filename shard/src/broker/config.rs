@@ -97,9 +97,17 @@ pub struct BrokerArgs {
     /// Longest a fetch may park at the end of a queue, in ms. [default: 30000]
     #[arg(long, value_name = "MS")]
     pub max_fetch_wait_ms: Option<u32>,
-    /// Also run a name server in this process (one command, a working node).
+    /// Also run a name server in this process (one command, a working
+    /// node); brokers register with it besides any `--namesrv`.
     #[arg(long)]
     pub standalone: bool,
+    /// `--standalone`: the embedded name server's port. [default: 9876]
+    #[arg(long, value_name = "PORT")]
+    pub namesrv_port: Option<u16>,
+    /// Host or IP that routes give clients for this broker.
+    /// [default: the --listen IP, or this host's outbound IP when that is 0.0.0.0]
+    #[arg(long, value_name = "HOST")]
+    pub advertise_host: Option<String>,
 }
 
 /// The same settings as read from a TOML file; all optional.
@@ -124,6 +132,8 @@ struct FileConfig {
     max_frame_bytes: Option<u32>,
     max_fetch_wait_ms: Option<u32>,
     standalone: Option<bool>,
+    namesrv_port: Option<u16>,
+    advertise_host: Option<String>,
 }
 
 /// Resolved broker settings.
@@ -165,6 +175,10 @@ pub struct BrokerConfig {
     pub max_fetch_wait_ms: u32,
     /// Run an embedded name server.
     pub standalone: bool,
+    /// Its port.
+    pub namesrv_port: u16,
+    /// Host in routes.
+    pub advertise_host: Option<String>,
 }
 
 impl BrokerConfig {
@@ -177,6 +191,7 @@ impl BrokerConfig {
         cfg.cpus = (0..shards).map(|i| i % online_cpus()).collect();
         cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         cfg.shard_port_base = None;
+        cfg.namesrv_port = 0;
         cfg.segment_bytes = 64 << 20;
         cfg
     }
@@ -274,6 +289,8 @@ impl BrokerConfig {
             max_frame_bytes,
             max_fetch_wait_ms: pick!(max_fetch_wait_ms).unwrap_or(30_000),
             standalone: args.standalone || file.standalone.unwrap_or(false),
+            namesrv_port: pick!(namesrv_port).unwrap_or(9876),
+            advertise_host: pick!(advertise_host),
         })
     }
 }

@@ -60,6 +60,8 @@ pub(crate) enum Call {
     },
     /// The receiver's counters.
     Status,
+    /// The groups with committed offsets in the receiver's store.
+    Groups,
 }
 
 /// An answer: a response header and body parts, or an error.

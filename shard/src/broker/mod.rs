@@ -15,6 +15,7 @@ mod config;
 mod conn;
 mod mesh;
 mod meta;
+mod register;
 mod shard;
 
 pub use config::{BrokerArgs, BrokerConfig, ConfigError};
@@ -27,7 +28,7 @@ use shard::Shard;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::{mpsc, Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Why the broker could not start or stopped badly.
@@ -67,8 +68,11 @@ pub struct RunningBroker {
     pub front_addr: SocketAddr,
     /// Each shard's own listener, by shard id.
     pub shard_addrs: Vec<SocketAddr>,
+    /// The embedded name server's address (`--standalone`).
+    pub namesrv_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    namesrv: Option<ringmq_namesrv::RunningNamesrv>,
 }
 
 impl RunningBroker {
@@ -82,7 +86,7 @@ impl RunningBroker {
         self.stop.clone()
     }
 
-    /// Waits for every shard to finish.
+    /// Waits for every shard to finish (then stops an embedded name server).
     pub fn join(self) -> Result<(), BrokerError> {
         let mut first = Ok(());
         for (shard, t) in self.threads.into_iter().enumerate() {
@@ -96,6 +100,12 @@ impl RunningBroker {
             };
             if first.is_ok() {
                 first = result;
+            }
+        }
+        if let Some(ns) = self.namesrv {
+            ns.shutdown();
+            if let Err(e) = ns.join() {
+                tracing::warn!(error = %e, "embedded name server");
             }
         }
         first
@@ -120,19 +130,20 @@ type Ready = (usize, Result<SocketAddr, String>);
 
 /// Starts the broker's shards; returns once all serve.
 pub fn start(cfg: BrokerConfig) -> Result<RunningBroker, BrokerError> {
-    if cfg.standalone {
-        return Err(ConfigError::Invalid(
-            "--standalone needs the embedded name server, which arrives with ringmq-namesrv (issue #5)"
-                .into(),
-        )
-        .into());
-    }
-    if !cfg.namesrv.is_empty() {
-        tracing::warn!(
-            namesrv = ?cfg.namesrv,
-            "registration with name servers arrives with ringmq-namesrv (issue #5); not registering"
-        );
-    }
+    let mut cfg = cfg;
+    let namesrv = if cfg.standalone {
+        let ns = ringmq_namesrv::start(ringmq_namesrv::NamesrvConfig {
+            listen: SocketAddr::new(cfg.listen.ip(), cfg.namesrv_port),
+            heartbeat_interval: Duration::from_secs(10),
+            cpu: None,
+        })
+        .map_err(|e| ConfigError::Invalid(format!("embedded name server: {e}")))?;
+        let advertised = SocketAddr::new(advertise_ip(&cfg), ns.addr.port());
+        cfg.namesrv.push(advertised.to_string());
+        Some(ns)
+    } else {
+        None
+    };
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| BrokerError::DataDir {
         path: cfg.data_dir.clone(),
         source,
@@ -159,6 +170,7 @@ pub fn start(cfg: BrokerConfig) -> Result<RunningBroker, BrokerError> {
     let failed = Arc::new(AtomicBool::new(false));
     let mesh = MeshBuilder::<Vec<MeshMsg>, _>::full(n, mesh::MESH_CHANNEL_BATCHES);
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
+    let routes = Arc::new(OnceLock::new());
     let mut threads = Vec::with_capacity(n);
     for id in 0..n {
         let ctx = ShardStart {
@@ -170,6 +182,7 @@ pub fn start(cfg: BrokerConfig) -> Result<RunningBroker, BrokerError> {
             failed: failed.clone(),
             mesh: mesh.clone(),
             ready: ready_tx.clone(),
+            routes: routes.clone(),
         };
         let mut builder =
             glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cfg.cpus[id]))
@@ -210,9 +223,24 @@ pub fn start(cfg: BrokerConfig) -> Result<RunningBroker, BrokerError> {
     let running = RunningBroker {
         front_addr: SocketAddr::new(cfg.listen.ip(), front_port.load(Ordering::SeqCst)),
         shard_addrs: shard_addrs.iter().flatten().copied().collect(),
+        namesrv_addr: namesrv.as_ref().map(|n| n.addr),
         stop,
         threads,
+        namesrv,
     };
+    let host = advertise_host(&cfg);
+    let _ = routes.set(register::Advertised {
+        front: format!("{host}:{}", running.front_addr.port()),
+        shards: running
+            .shard_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| ringmq_core::route::ShardRoute {
+                shard_id: ringmq_core::ShardId(i as u16),
+                addr: format!("{host}:{}", a.port()),
+            })
+            .collect(),
+    });
     if let Some(e) = error {
         running.shutdown();
         let _ = running.join();
@@ -237,6 +265,27 @@ struct ShardStart {
     failed: Arc<AtomicBool>,
     mesh: MeshBuilder<Vec<MeshMsg>, glommio::channels::channel_mesh::Full>,
     ready: mpsc::Sender<Ready>,
+    /// Every shard's advertised address, set once all serve.
+    routes: Arc<OnceLock<register::Advertised>>,
+}
+
+/// The IP routes give for this broker when `--advertise-host` is not set:
+/// the listen IP, or when that is unspecified the IP this host would use
+/// to reach others (a UDP "connect" sends nothing), or loopback.
+fn advertise_ip(cfg: &BrokerConfig) -> std::net::IpAddr {
+    if !cfg.listen.ip().is_unspecified() {
+        return cfg.listen.ip();
+    }
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip())
+}
+
+fn advertise_host(cfg: &BrokerConfig) -> String {
+    cfg.advertise_host
+        .clone()
+        .unwrap_or_else(|| advertise_ip(cfg).to_string())
 }
 
 fn store_config(cfg: &BrokerConfig, id: usize) -> StoreConfig {
@@ -396,6 +445,25 @@ async fn run_shard(ctx: ShardStart) -> Result<(), String> {
     let accept_own = accept(own);
     let accept_front = accept(front);
     let _ = ctx.ready.send((id, Ok(addr)));
+    if id == 0 && !ctx.cfg.namesrv.is_empty() {
+        // The routes are known once every shard serves.
+        let shard = shard.clone();
+        let routes = ctx.routes.clone();
+        let stop = ctx.stop.clone();
+        glommio::spawn_local(async move {
+            loop {
+                if let Some(adv) = routes.get() {
+                    register::spawn_all(&shard, adv.clone());
+                    return;
+                }
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .detach();
+    }
 
     while !ctx.stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(STOP_POLL).await;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use ringmq_core::batch::BatchError;
 use ringmq_core::messages::{
-    Ack, BrokerStatusResponse, FetchResponse, QueryConsumerOffsetResponse,
+    Ack, BrokerStatusResponse, FetchResponse, ListGroupsResponse, QueryConsumerOffsetResponse,
     QueryQueueOffsetsResponse, SendBatchResponse, ShardStatus,
 };
 use ringmq_core::route::Perm;
@@ -70,6 +70,8 @@ pub(crate) struct Shard {
     admin: futures::lock::Mutex<()>,
     pub(crate) stopping: Cell<bool>,
     pub(crate) addr: SocketAddr,
+    /// Woken when the topic table changes (name server registration).
+    pub(crate) meta_watchers: RefCell<Vec<glommio::channels::local_channel::LocalSender<()>>>,
 }
 
 fn store_error(e: StoreError) -> ErrorResponse {
@@ -119,6 +121,7 @@ impl Shard {
             admin: futures::lock::Mutex::new(()),
             stopping: Cell::new(false),
             addr,
+            meta_watchers: RefCell::new(Vec::new()),
         }
     }
 
@@ -173,6 +176,7 @@ impl Shard {
                 None => Reply::err(ErrorCode::TopicNotFound, format!("no topic {}", h.topic)),
             },
             Request::BrokerStatus(_) => self.broker_status().await,
+            Request::ListGroups(_) => self.list_groups().await,
             other => Reply::err(
                 ErrorCode::UnknownRequestCode,
                 format!(
@@ -210,6 +214,9 @@ impl Shard {
                 };
                 Reply::ok(Response::DeleteTopic(Ack {}))
             }
+            Call::Groups => Reply::ok(Response::ListGroups(ListGroupsResponse {
+                groups: self.store.groups(),
+            })),
             Call::Status => Reply::ok(Response::BrokerStatus(BrokerStatusResponse {
                 broker_name: self.cfg.name.clone(),
                 shards: vec![self.status()],
@@ -257,6 +264,20 @@ impl Shard {
             broker_name: self.cfg.name.clone(),
             shards,
         }))
+    }
+
+    async fn list_groups(self: &Rc<Self>) -> Reply {
+        let mut groups = self.store.groups();
+        for peer in (0..self.n).filter(|&p| p != self.id) {
+            match self.mesh.call(peer, Call::Groups).await.result {
+                Ok(Response::ListGroups(r)) => groups.extend(r.groups),
+                Ok(_) => return Reply::err(ErrorCode::Internal, "unexpected groups reply"),
+                Err(e) => return e.into(),
+            }
+        }
+        groups.sort();
+        groups.dedup();
+        Reply::ok(Response::ListGroups(ListGroupsResponse { groups }))
     }
 
     fn queue(&self, topic: &TopicName, queue: QueueId) -> Result<QueueNum, ErrorResponse> {
@@ -436,6 +457,13 @@ impl Shard {
         Ok(())
     }
 
+    fn topics_changed(&self) {
+        for w in self.meta_watchers.borrow().iter() {
+            // A full channel already holds a wake-up.
+            let _ = w.try_send(());
+        }
+    }
+
     /// Sends `call` (built per peer) to every other shard and waits for all.
     async fn broadcast(&self, make: impl Fn() -> Call) -> Result<(), ErrorResponse> {
         let calls: Vec<_> = (0..self.n)
@@ -530,6 +558,7 @@ impl Shard {
         {
             return e.into();
         }
+        self.topics_changed();
         tracing::info!(%topic, queue_count, "topic created");
         Reply::ok(Response::CreateTopic(meta.describe(&topic)))
     }
@@ -586,6 +615,7 @@ impl Shard {
             tracing::error!(error = %e, "cannot save the topic table");
             return Reply::err(ErrorCode::StorageIo, e.to_string());
         }
+        self.topics_changed();
         tracing::info!(%topic, "topic deleted");
         Reply::ok(Response::DeleteTopic(Ack {}))
     }

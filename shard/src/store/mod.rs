@@ -693,6 +693,21 @@ impl<D: Disk> Store<D> {
         Ok(())
     }
 
+    /// Every group with a committed offset on a live queue, sorted.
+    pub fn groups(&self) -> Vec<GroupName> {
+        let st = self.inner.state.borrow();
+        let live: std::collections::HashSet<u32> = st.by_name.values().map(|q| q.0).collect();
+        let mut groups: Vec<GroupName> = st
+            .offsets
+            .keys()
+            .filter(|(_, q)| live.contains(q))
+            .map(|(g, _)| g.clone())
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+
     /// A consumer group's committed offset.
     pub fn committed_offset(
         &self,
