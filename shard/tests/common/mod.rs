@@ -132,3 +132,4 @@ pub fn bodies(seed: u64, n: usize, len: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 pub mod client;
+pub mod procs;
