@@ -292,6 +292,61 @@ fn bad_input_gets_typed_errors_and_hurts_no_one_else() {
 }
 
 #[test]
+fn a_client_that_never_reads_answers_is_stopped_by_backpressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = BrokerConfig::for_test(dir.path().join("data"), 2);
+    cfg.max_in_flight = 16;
+    let broker = broker::start(cfg).unwrap();
+    let mut admin = Client::connect(broker.shard_addrs[0]);
+    admin.create_topic("flood", 1);
+    // Pipeline status requests and never read the answers: the broker
+    // answers up to its bound, then stops reading; our writes then block.
+    let flood = std::net::TcpStream::connect(broker.shard_addrs[0]).unwrap();
+    flood
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut frame = bytes::BytesMut::new();
+    ringmq_core::Frame::request(1, &BrokerStatusRequest {}.into(), Bytes::new())
+        .encode(&mut frame)
+        .unwrap();
+    let chunk: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 1000)
+        .collect();
+    let mut sent = 0usize;
+    let started = Instant::now();
+    let blocked = loop {
+        match std::io::Write::write(&mut &flood, &chunk) {
+            Ok(n) => sent += n,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break true
+            }
+            Err(e) => panic!("{e}"),
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+    };
+    assert!(
+        blocked,
+        "the broker kept reading ({sent} bytes) without anyone reading answers"
+    );
+    // The broker holds at most the bound in flight, and still serves others.
+    let status = admin.status();
+    let in_flight: u64 = status.shards.iter().map(|s| s.in_flight).sum();
+    assert!(in_flight <= 16 + 1, "in flight: {in_flight}");
+    admin.produce("flood", 0, &bodies("still", 1)).unwrap();
+    eprintln!("flood blocked after {sent} bytes; broker in flight {in_flight}");
+    drop(flood);
+    stop(broker);
+}
+
+#[test]
 fn topics_can_be_described_deleted_and_recreated_empty() {
     let (_dir, broker) = start(2);
     let mut c = Client::connect(broker.shard_addrs[1]);
