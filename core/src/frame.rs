@@ -278,6 +278,22 @@ impl FrameError {
         !matches!(self, FrameError::Malformed { .. })
     }
 
+    /// The error frame to send back, if the peer expects one: at the bad
+    /// frame's opaque id, or at opaque 0 when framing is lost (the peer
+    /// learns why before the connection closes).
+    pub fn answer(&self) -> Option<Frame> {
+        let (opaque, code) = match self {
+            FrameError::Malformed {
+                expects_response: false,
+                ..
+            } => return None,
+            FrameError::Malformed { opaque, code, .. } => (*opaque, *code),
+            FrameError::TooLarge { .. } | FrameError::TooShort { .. } => (0, 0),
+        };
+        let error = ErrorResponse::new(self.error_code(), self.to_string());
+        Some(Frame::error(opaque, code, &error))
+    }
+
     /// The error code to report.
     pub fn error_code(&self) -> ErrorCode {
         match self {
@@ -491,6 +507,36 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn bad_frames_are_answered_where_the_peer_waits() {
+        let fatal = FrameError::TooLarge {
+            len: 1 << 30,
+            max: 1 << 24,
+        };
+        let a = fatal.answer().unwrap();
+        assert_eq!(a.opaque, 0);
+        assert!(a.flags.contains(FrameFlags::ERROR));
+        let oneway = FrameError::Malformed {
+            opaque: 9,
+            code: 1,
+            expects_response: false,
+            reason: MalformedReason::Kind(7),
+        };
+        assert!(oneway.answer().is_none());
+        let request = FrameError::Malformed {
+            opaque: 9,
+            code: 1,
+            expects_response: true,
+            reason: MalformedReason::Kind(7),
+        };
+        let a = request.answer().unwrap();
+        assert_eq!((a.opaque, a.code), (9, 1));
+        let Err(e) = a.decode_response().unwrap() else {
+            panic!("an error answer")
+        };
+        assert_eq!(e.code, ErrorCode::Malformed);
     }
 
     #[test]

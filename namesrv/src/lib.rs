@@ -19,9 +19,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use registry::Registry;
 use ringmq_core::messages::{ClusterInfoResponse, ListTopicsResponse};
-use ringmq_core::{
-    ErrorCode, ErrorResponse, Frame, FrameDecoder, FrameError, FrameKind, Request, Response,
-};
+use ringmq_core::{ErrorCode, ErrorResponse, Frame, FrameDecoder, FrameKind, Request, Response};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -226,18 +224,8 @@ async fn connection(
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
-                    let (opaque, code, reply) = match &e {
-                        FrameError::Malformed {
-                            opaque,
-                            code,
-                            expects_response,
-                            ..
-                        } => (*opaque, *code, *expects_response),
-                        _ => (0, 0, true),
-                    };
-                    if reply {
-                        let err = ErrorResponse::new(e.error_code(), e.to_string());
-                        let _ = Frame::error(opaque, code, &err).encode(&mut out);
+                    if let Some(answer) = e.answer() {
+                        let _ = answer.encode(&mut out);
                     }
                     if e.is_fatal() {
                         let _ = writer.write_all(&out).await;

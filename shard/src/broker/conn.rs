@@ -120,24 +120,16 @@ pub(crate) async fn serve(
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    let (opaque, code, answer) = match &e {
-                        FrameError::Malformed {
-                            opaque,
-                            code,
-                            expects_response,
-                            ..
-                        } => (*opaque, *code, *expects_response),
-                        _ => (0, 0, true),
-                    };
                     tracing::debug!(%peer, error = %e, "bad frame");
-                    if answer {
-                        let err = ErrorResponse::new(e.error_code(), e.to_string());
-                        if tx
-                            .clone()
-                            .send(error_answer(opaque, code, err))
-                            .await
-                            .is_err()
-                        {
+                    if let Some(answer) = e.answer() {
+                        let mut head = BytesMut::new();
+                        // An error frame has no body: it fits any cap.
+                        let _ = answer.encode(&mut head);
+                        let out = Outgoing {
+                            head: head.freeze(),
+                            body: Vec::new(),
+                        };
+                        if tx.clone().send(out).await.is_err() {
                             break 'conn;
                         }
                     }
