@@ -97,6 +97,10 @@ pub struct BrokerArgs {
     /// Longest a fetch may park at the end of a queue, in ms. [default: 30000]
     #[arg(long, value_name = "MS")]
     pub max_fetch_wait_ms: Option<u32>,
+    /// A consumer group member silent this long (ms) leaves its group.
+    /// [default: 30000]
+    #[arg(long, value_name = "MS")]
+    pub group_expiry_ms: Option<u64>,
     /// Also run a name server in this process (one command, a working
     /// node); brokers register with it besides any `--namesrv`.
     #[arg(long)]
@@ -131,6 +135,7 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     max_frame_bytes: Option<u32>,
     max_fetch_wait_ms: Option<u32>,
+    group_expiry_ms: Option<u64>,
     standalone: Option<bool>,
     namesrv_port: Option<u16>,
     advertise_host: Option<String>,
@@ -173,6 +178,8 @@ pub struct BrokerConfig {
     pub max_frame_bytes: u32,
     /// Longest fetch park.
     pub max_fetch_wait_ms: u32,
+    /// Group member expiry.
+    pub group_expiry_ms: u64,
     /// Run an embedded name server.
     pub standalone: bool,
     /// Its port.
@@ -288,6 +295,7 @@ impl BrokerConfig {
             max_in_flight,
             max_frame_bytes,
             max_fetch_wait_ms: pick!(max_fetch_wait_ms).unwrap_or(30_000),
+            group_expiry_ms: pick!(group_expiry_ms).unwrap_or(30_000).max(1),
             standalone: args.standalone || file.standalone.unwrap_or(false),
             namesrv_port: pick!(namesrv_port).unwrap_or(9876),
             advertise_host: pick!(advertise_host),

@@ -16,17 +16,24 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use ringmq_core::batch::BatchError;
 use ringmq_core::messages::{
-    Ack, BrokerStatusResponse, FetchResponse, ListGroupsResponse, QueryConsumerOffsetResponse,
-    QueryQueueOffsetsResponse, SendBatchResponse, ShardStatus,
+    Ack, BrokerStatusResponse, FetchResponse, GroupHeartbeatRequest, GroupHeartbeatResponse,
+    ListGroupsResponse, QueryConsumerOffsetResponse, QueryQueueOffsetsResponse, SendBatchResponse,
+    ShardStatus,
 };
 use ringmq_core::route::Perm;
-use ringmq_core::{ErrorCode, ErrorResponse, QueueId, Request, Response, ShardId, TopicName};
+use ringmq_core::{
+    ErrorCode, ErrorResponse, GroupName, QueueId, Request, Response, ShardId, TopicName,
+};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Most live consumer groups, and members of one group, a broker tracks.
+const MAX_GROUPS: usize = 100_000;
+const MAX_MEMBERS: usize = 10_000;
 
 /// Most queues one topic may have.
 pub(crate) const MAX_QUEUES_PER_TOPIC: u32 = 1024;
@@ -70,6 +77,8 @@ pub(crate) struct Shard {
     admin: futures::lock::Mutex<()>,
     pub(crate) stopping: Cell<bool>,
     pub(crate) addr: SocketAddr,
+    /// Consumer group members (shard 0): group -> client id -> last heartbeat.
+    groups: RefCell<HashMap<GroupName, HashMap<String, std::time::Instant>>>,
     /// Woken when the topic table changes (name server registration).
     pub(crate) meta_watchers: RefCell<Vec<glommio::channels::local_channel::LocalSender<()>>>,
 }
@@ -122,6 +131,7 @@ impl Shard {
             stopping: Cell::new(false),
             addr,
             meta_watchers: RefCell::new(Vec::new()),
+            groups: RefCell::new(HashMap::new()),
         }
     }
 
@@ -165,12 +175,15 @@ impl Shard {
             return self.local(req, body).await;
         }
         match req {
-            Request::CreateTopic(_) | Request::DeleteTopic(_) if self.id != 0 => {
+            Request::CreateTopic(_) | Request::DeleteTopic(_) | Request::GroupHeartbeat(_)
+                if self.id != 0 =>
+            {
                 bump(&self.stats.forwarded, 1);
                 self.mesh.call(0, Call::Request { req, body }).await
             }
             Request::CreateTopic(h) => self.create_topic(h.topic, h.queue_count, h.perm).await,
             Request::DeleteTopic(h) => self.delete_topic(h.topic).await,
+            Request::GroupHeartbeat(h) => self.group_heartbeat(h),
             Request::DescribeTopic(h) => match self.topics.borrow().get(&h.topic) {
                 Some(t) => Reply::ok(Response::DescribeTopic(t.describe(&h.topic))),
                 None => Reply::err(ErrorCode::TopicNotFound, format!("no topic {}", h.topic)),
@@ -191,7 +204,9 @@ impl Shard {
     pub(crate) async fn handle_call(self: Rc<Self>, call: Call) -> Reply {
         match call {
             Call::Request { req, body } => match &req {
-                Request::CreateTopic(_) | Request::DeleteTopic(_) if self.id == 0 => {
+                Request::CreateTopic(_) | Request::DeleteTopic(_) | Request::GroupHeartbeat(_)
+                    if self.id == 0 =>
+                {
                     self.handle(req, body).await
                 }
                 _ => self.local(req, body).await,
@@ -263,6 +278,41 @@ impl Shard {
         Reply::ok(Response::BrokerStatus(BrokerStatusResponse {
             broker_name: self.cfg.name.clone(),
             shards,
+        }))
+    }
+
+    /// Records a member's heartbeat (shard 0) and answers the group's live
+    /// members, sorted. A heartbeat with no subscriptions means the member
+    /// is leaving. Members silent for `group_expiry_ms` are dropped.
+    fn group_heartbeat(&self, h: GroupHeartbeatRequest) -> Reply {
+        if h.client_id.is_empty() || h.client_id.len() > 255 {
+            return Reply::err(ErrorCode::InvalidArgument, "client_id must be 1-255 bytes");
+        }
+        let now = std::time::Instant::now();
+        let expiry = Duration::from_millis(self.cfg.group_expiry_ms);
+        let mut groups = self.groups.borrow_mut();
+        if groups.len() >= MAX_GROUPS && !groups.contains_key(&h.group) {
+            return Reply::err(
+                ErrorCode::Busy,
+                format!("more than {MAX_GROUPS} live groups"),
+            );
+        }
+        let members = groups.entry(h.group.clone()).or_default();
+        if h.subscriptions.is_empty() {
+            members.remove(&h.client_id);
+        } else if members.len() < MAX_MEMBERS || members.contains_key(&h.client_id) {
+            members.insert(h.client_id, now);
+        } else {
+            return Reply::err(ErrorCode::Busy, format!("more than {MAX_MEMBERS} members"));
+        }
+        members.retain(|_, seen| now.saturating_duration_since(*seen) <= expiry);
+        let mut live: Vec<String> = members.keys().cloned().collect();
+        if live.is_empty() {
+            groups.remove(&h.group);
+        }
+        live.sort();
+        Reply::ok(Response::GroupHeartbeat(GroupHeartbeatResponse {
+            members: live,
         }))
     }
 
