@@ -1,0 +1,359 @@
+//! The client core: settings, one reused connection per server address,
+//! and a route cache that maps a topic's queues to the shard that owns
+//! each (core-aware: requests go straight to that shard's port, never
+//! through a broker's front port).
+//!
+//! Everything here is single-threaded (one monoio runtime); create one
+//! [`Client`] per thread that needs one.
+
+use crate::conn::Conn;
+use crate::error::ClientError;
+use bytes::Bytes;
+use ringmq_core::messages::*;
+use ringmq_core::route::TopicRoute;
+use ringmq_core::{Call, GroupName, QueueId, Request, Response, TopicName};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Name servers, tried in order.
+    pub namesrv: Vec<String>,
+    /// This client's id (group membership); unique per process by default.
+    pub client_id: String,
+    /// How long to wait for any answer.
+    pub request_timeout: Duration,
+    /// Retries of a retriable failure (elsewhere where that is allowed).
+    pub retries: u32,
+    /// Routes older than this are fetched again.
+    pub route_refresh: Duration,
+    /// Requests in flight per connection.
+    pub max_in_flight: usize,
+}
+
+impl ClientConfig {
+    /// Defaults for these name servers.
+    pub fn new(namesrv: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_or_else(|_| "host".into(), |h| h.trim().to_owned());
+        Self {
+            namesrv: namesrv.into_iter().map(Into::into).collect(),
+            client_id: format!("{host}@{}@{:x}", std::process::id(), rand_u64()),
+            request_timeout: Duration::from_secs(5),
+            retries: 2,
+            route_refresh: Duration::from_secs(30),
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// A few random bits without a dependency: time and address entropy.
+pub(crate) fn rand_u64() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let local = 0u8;
+    let a = &local as *const u8 as u64;
+    let mut x = t ^ a.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x
+}
+
+/// Where a queue lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueRef {
+    /// The topic.
+    pub topic: TopicName,
+    /// The broker holding it.
+    pub broker: String,
+    /// The queue.
+    pub queue_id: QueueId,
+}
+
+#[derive(Debug)]
+struct CachedRoute {
+    route: Rc<TopicRoute>,
+    fetched: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) cfg: ClientConfig,
+    conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
+    routes: RefCell<HashMap<TopicName, CachedRoute>>,
+}
+
+/// A handle to the client core; clones share connections and routes.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) inner: Rc<Inner>,
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ClientError::Invalid(format!("{addr:?} is not a HOST:PORT address")))
+}
+
+impl Client {
+    /// A client; connects lazily.
+    pub fn new(cfg: ClientConfig) -> Result<Self, ClientError> {
+        if cfg.namesrv.is_empty() {
+            return Err(ClientError::Invalid("no name server given".into()));
+        }
+        for a in &cfg.namesrv {
+            resolve(a)?;
+        }
+        Ok(Self {
+            inner: Rc::new(Inner {
+                cfg,
+                conns: RefCell::new(HashMap::new()),
+                routes: RefCell::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
+    async fn conn(&self, addr: SocketAddr) -> Result<Rc<Conn>, ClientError> {
+        if let Some(c) = self.inner.conns.borrow().get(&addr) {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let c = Conn::connect(
+            addr,
+            self.inner.cfg.request_timeout,
+            self.inner.cfg.max_in_flight,
+        )
+        .await?;
+        self.inner.conns.borrow_mut().insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// Sends `req` with `body` to `addr`; returns the answer and its body.
+    pub async fn call_at(
+        &self,
+        addr: SocketAddr,
+        req: Request,
+        body: Bytes,
+    ) -> Result<(Response, Bytes), ClientError> {
+        let conn = self.conn(addr).await?;
+        conn.call(&req, body, self.inner.cfg.request_timeout).await
+    }
+
+    async fn typed_at<C: Call>(
+        &self,
+        addr: SocketAddr,
+        req: C,
+    ) -> Result<C::Response, ClientError> {
+        let (resp, _) = self.call_at(addr, req.into(), Bytes::new()).await?;
+        C::response_of(resp).ok_or_else(|| ClientError::Protocol("answer of another kind".into()))
+    }
+
+    /// Asks the name servers in order until one answers.
+    pub async fn namesrv_call<C: Call + Clone>(&self, req: C) -> Result<C::Response, ClientError> {
+        let mut last = ClientError::Invalid("no name server".into());
+        for a in &self.inner.cfg.namesrv {
+            let addr = resolve(a)?;
+            match self.typed_at(addr, req.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(e @ ClientError::Server { .. }) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The topic's route, from the cache while fresh.
+    pub async fn route(&self, topic: &TopicName) -> Result<Rc<TopicRoute>, ClientError> {
+        if let Some(c) = self.inner.routes.borrow().get(topic) {
+            if c.fetched.elapsed() < self.inner.cfg.route_refresh {
+                return Ok(c.route.clone());
+            }
+        }
+        self.refresh_route(topic).await
+    }
+
+    /// Fetches the topic's route now.
+    pub async fn refresh_route(&self, topic: &TopicName) -> Result<Rc<TopicRoute>, ClientError> {
+        let route = match self
+            .namesrv_call(QueryRouteRequest {
+                topic: topic.clone(),
+            })
+            .await
+        {
+            Ok(r) => Rc::new(r),
+            Err(e) if e.code() == Some(ringmq_core::ErrorCode::TopicNotFound) => {
+                self.inner.routes.borrow_mut().remove(topic);
+                return Err(ClientError::NoRoute(topic.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
+        self.inner.routes.borrow_mut().insert(
+            topic.clone(),
+            CachedRoute {
+                route: route.clone(),
+                fetched: Instant::now(),
+            },
+        );
+        Ok(route)
+    }
+
+    /// Forgets a route (after a routing error).
+    pub fn invalidate_route(&self, topic: &TopicName) {
+        self.inner.routes.borrow_mut().remove(topic);
+    }
+
+    /// Every writable (or readable) queue of a topic, sorted.
+    pub async fn queues(
+        &self,
+        topic: &TopicName,
+        writable: bool,
+    ) -> Result<Vec<QueueRef>, ClientError> {
+        let route = self.route(topic).await?;
+        let mut qs: Vec<QueueRef> = route
+            .queues
+            .iter()
+            .filter(|q| {
+                if writable {
+                    q.perm.writable()
+                } else {
+                    q.perm.readable()
+                }
+            })
+            .map(|q| QueueRef {
+                topic: topic.clone(),
+                broker: q.broker_name.clone(),
+                queue_id: q.queue_id,
+            })
+            .collect();
+        qs.sort();
+        Ok(qs)
+    }
+
+    /// The shard address that owns `q`.
+    pub async fn shard_addr(&self, q: &QueueRef) -> Result<SocketAddr, ClientError> {
+        let route = self.route(&q.topic).await?;
+        let shard = route
+            .queues
+            .iter()
+            .find(|r| r.broker_name == q.broker && r.queue_id == q.queue_id)
+            .map(|r| r.shard_id)
+            .ok_or_else(|| {
+                ClientError::NoRoute(format!(
+                    "{} queue {} on {}",
+                    q.topic, q.queue_id.0, q.broker
+                ))
+            })?;
+        let addr = route
+            .brokers
+            .iter()
+            .find(|b| b.broker_name == q.broker)
+            .and_then(|b| b.shards.iter().find(|s| s.shard_id == shard))
+            .map(|s| s.addr.clone())
+            .ok_or_else(|| ClientError::NoRoute(format!("shard {} of {}", shard.0, q.broker)))?;
+        resolve(&addr)
+    }
+
+    /// A typed request to the shard owning `q`; a routing error drops the
+    /// cached route so the next call fetches it again.
+    pub async fn queue_call<C: Call>(
+        &self,
+        q: &QueueRef,
+        req: C,
+        body: Bytes,
+    ) -> Result<(C::Response, Bytes), ClientError> {
+        let result: Result<(C::Response, Bytes), ClientError> = async {
+            let addr = self.shard_addr(q).await?;
+            let (resp, body) = self.call_at(addr, req.into(), body).await?;
+            let resp = C::response_of(resp)
+                .ok_or_else(|| ClientError::Protocol("answer of another kind".into()))?;
+            Ok((resp, body))
+        }
+        .await;
+        if let Err(e) = &result {
+            if e.is_routing() {
+                self.invalidate_route(&q.topic);
+            }
+        }
+        result
+    }
+
+    /// Front address of every broker holding `topic`.
+    pub async fn brokers_of(
+        &self,
+        topic: &TopicName,
+    ) -> Result<Vec<(String, SocketAddr)>, ClientError> {
+        let route = self.route(topic).await?;
+        route
+            .brokers
+            .iter()
+            .map(|b| Ok((b.broker_name.clone(), resolve(&b.front_addr)?)))
+            .collect()
+    }
+
+    /// Stores a group's offset for a queue.
+    pub async fn commit_offset(
+        &self,
+        group: &GroupName,
+        q: &QueueRef,
+        offset: u64,
+    ) -> Result<(), ClientError> {
+        self.queue_call(
+            q,
+            CommitOffsetRequest {
+                group: group.clone(),
+                topic: q.topic.clone(),
+                queue_id: q.queue_id,
+                offset,
+            },
+            Bytes::new(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// A group's committed offset for a queue.
+    pub async fn committed_offset(
+        &self,
+        group: &GroupName,
+        q: &QueueRef,
+    ) -> Result<Option<u64>, ClientError> {
+        self.queue_call(
+            q,
+            QueryConsumerOffsetRequest {
+                group: group.clone(),
+                topic: q.topic.clone(),
+                queue_id: q.queue_id,
+            },
+            Bytes::new(),
+        )
+        .await
+        .map(|(r, _)| r.offset)
+    }
+
+    /// A queue's (earliest, next) offsets.
+    pub async fn queue_offsets(&self, q: &QueueRef) -> Result<(u64, u64), ClientError> {
+        self.queue_call(
+            q,
+            QueryQueueOffsetsRequest {
+                topic: q.topic.clone(),
+                queue_id: q.queue_id,
+            },
+            Bytes::new(),
+        )
+        .await
+        .map(|(r, _)| (r.min_offset, r.max_offset))
+    }
+}

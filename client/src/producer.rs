@@ -1,0 +1,407 @@
+//! The producer: records for the same queue coalesce into one batch
+//! (sent when it reaches `batch_bytes` or `linger` after its first record),
+//! queues are chosen by round robin, key hash (ordered) or a user selector,
+//! and a retriable failure is retried on another queue, or for key-ordered
+//! sends on the same queue.
+
+use crate::client::{Client, QueueRef};
+use crate::error::ClientError;
+use bytes::Bytes;
+use futures::channel::oneshot;
+use ringmq_core::messages::SendBatchRequest;
+use ringmq_core::{BatchBuilder, RecordInput, TopicName};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// A message to send.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    /// Lookup key (and, with [`QueueSelector::KeyHash`], the ordering key).
+    pub key: Bytes,
+    /// Tag for consumers' tag expressions.
+    pub tag: String,
+    /// User properties.
+    pub properties: Vec<(String, String)>,
+    /// The payload.
+    pub body: Bytes,
+}
+
+impl Message {
+    /// A message with just a body.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Self {
+            body: body.into(),
+            ..Self::default()
+        }
+    }
+
+    /// With a key.
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = key.into();
+        self
+    }
+
+    /// With a tag.
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = tag.into();
+        self
+    }
+
+    fn size(&self) -> usize {
+        self.key.len()
+            + self.tag.len()
+            + self.body.len()
+            + self
+                .properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>()
+            + 16
+    }
+}
+
+/// Where a message was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendResult {
+    /// The queue.
+    pub queue: QueueRef,
+    /// The record's offset in it.
+    pub offset: u64,
+}
+
+/// A user queue selector: the queues (sorted) and the message to an index.
+pub type SelectFn = Rc<dyn Fn(&[QueueRef], &Message) -> usize>;
+
+/// How a queue is picked for a message.
+#[derive(Clone, Default)]
+pub enum QueueSelector {
+    /// The next queue each time (the default).
+    #[default]
+    RoundRobin,
+    /// Hash of the message key: a key always maps to the same queue, so its
+    /// messages stay in order. Retries go to the same queue.
+    KeyHash,
+    /// A function of the queues (sorted) and the message, returning an index.
+    Custom(SelectFn),
+}
+
+impl std::fmt::Debug for QueueSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueSelector::RoundRobin => f.write_str("RoundRobin"),
+            QueueSelector::KeyHash => f.write_str("KeyHash"),
+            QueueSelector::Custom(_) => f.write_str("Custom"),
+        }
+    }
+}
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// How long a batch waits for more records after its first.
+    pub linger: Duration,
+    /// A batch is sent once it holds this many bytes.
+    pub batch_bytes: usize,
+    /// Queue choice.
+    pub selector: QueueSelector,
+    /// Unsent bytes (all queues) before `send` waits.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(5),
+            batch_bytes: 256 * 1024,
+            selector: QueueSelector::RoundRobin,
+            max_buffered_bytes: 64 << 20,
+        }
+    }
+}
+
+type Done = oneshot::Sender<Result<SendResult, ClientError>>;
+
+#[derive(Debug, Default)]
+struct Open {
+    messages: Vec<(Message, Option<Done>)>,
+    bytes: usize,
+    /// Bumped per batch, so a linger timer flushes only its own batch.
+    epoch: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: Client,
+    cfg: ProducerConfig,
+    open: RefCell<HashMap<QueueRef, Open>>,
+    rr: Cell<usize>,
+    buffered: Cell<usize>,
+    room: crate::conn::LocalSemaphore,
+}
+
+/// A producer; clones share batches.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    inner: Rc<Inner>,
+}
+
+fn key_hash(key: &[u8]) -> usize {
+    crc32c::crc32c(key) as usize
+}
+
+impl Producer {
+    /// A producer using `client`.
+    pub fn new(client: &Client, cfg: ProducerConfig) -> Self {
+        // One permit per KiB of buffered bytes.
+        let permits = (cfg.max_buffered_bytes / 1024).max(1);
+        Self {
+            inner: Rc::new(Inner {
+                client: client.clone(),
+                cfg,
+                open: RefCell::new(HashMap::new()),
+                rr: Cell::new(0),
+                buffered: Cell::new(0),
+                room: crate::conn::LocalSemaphore::new(permits),
+            }),
+        }
+    }
+
+    async fn pick(
+        &self,
+        topic: &TopicName,
+        msg: &Message,
+        avoid: Option<&QueueRef>,
+    ) -> Result<QueueRef, ClientError> {
+        let qs = self.inner.client.queues(topic, true).await?;
+        if qs.is_empty() {
+            return Err(ClientError::NoRoute(format!(
+                "{topic} has no writable queue"
+            )));
+        }
+        let i = match &self.inner.cfg.selector {
+            QueueSelector::RoundRobin => {
+                let mut i = self.inner.rr.get();
+                self.inner.rr.set(i.wrapping_add(1));
+                if avoid.is_some_and(|a| qs[i % qs.len()] == *a) && qs.len() > 1 {
+                    i += 1;
+                }
+                i
+            }
+            QueueSelector::KeyHash => key_hash(&msg.key),
+            QueueSelector::Custom(f) => f(&qs, msg),
+        };
+        Ok(qs[i % qs.len()].clone())
+    }
+
+    /// Sends one message; resolves once it is stored (durable per the
+    /// broker's flush mode) with its queue and offset.
+    pub async fn send(&self, topic: &TopicName, msg: Message) -> Result<SendResult, ClientError> {
+        let rx = self.enqueue(topic, msg, true).await?;
+        match rx {
+            Some(rx) => rx.await.unwrap_or(Err(ClientError::Closed)),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// Queues a message and returns at once; the future resolves like
+    /// [`Producer::send`]'s.
+    pub async fn send_async(
+        &self,
+        topic: &TopicName,
+        msg: Message,
+    ) -> Result<impl std::future::Future<Output = Result<SendResult, ClientError>>, ClientError>
+    {
+        let rx = self.enqueue(topic, msg, true).await?;
+        Ok(async move {
+            match rx {
+                Some(rx) => rx.await.unwrap_or(Err(ClientError::Closed)),
+                None => Err(ClientError::Closed),
+            }
+        })
+    }
+
+    /// Queues a message and calls `callback` with the outcome.
+    pub async fn send_with_callback(
+        &self,
+        topic: &TopicName,
+        msg: Message,
+        callback: impl FnOnce(Result<SendResult, ClientError>) + 'static,
+    ) -> Result<(), ClientError> {
+        let fut = self.send_async(topic, msg).await?;
+        monoio::spawn(async move { callback(fut.await) });
+        Ok(())
+    }
+
+    /// Queues a message; nobody learns the outcome (failures are logged).
+    pub async fn send_oneway(&self, topic: &TopicName, msg: Message) -> Result<(), ClientError> {
+        self.enqueue(topic, msg, false).await.map(|_| ())
+    }
+
+    async fn enqueue(
+        &self,
+        topic: &TopicName,
+        msg: Message,
+        want: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<SendResult, ClientError>>>, ClientError> {
+        let size = msg.size();
+        if size > self.inner.cfg.max_buffered_bytes {
+            return Err(ClientError::Invalid(format!(
+                "message of {size} bytes is over the buffer"
+            )));
+        }
+        for _ in 0..size.div_ceil(1024) {
+            self.inner.room.acquire().await;
+        }
+        self.inner.buffered.set(self.inner.buffered.get() + size);
+        let q = match self.pick(topic, &msg, None).await {
+            Ok(q) => q,
+            Err(e) => {
+                self.release(size);
+                return Err(e);
+            }
+        };
+        let (tx, rx) = if want {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let (full, first, epoch) = {
+            let mut open = self.inner.open.borrow_mut();
+            let o = open.entry(q.clone()).or_default();
+            o.messages.push((msg, tx));
+            o.bytes += size;
+            (
+                o.bytes >= self.inner.cfg.batch_bytes,
+                o.messages.len() == 1,
+                o.epoch,
+            )
+        };
+        if full {
+            self.flush_queue(&q);
+        } else if first {
+            let me = self.clone();
+            let linger = self.inner.cfg.linger;
+            monoio::spawn(async move {
+                monoio::time::sleep(linger).await;
+                let same = me
+                    .inner
+                    .open
+                    .borrow()
+                    .get(&q)
+                    .is_some_and(|o| o.epoch == epoch);
+                if same {
+                    me.flush_queue(&q);
+                }
+            });
+        }
+        Ok(rx)
+    }
+
+    fn release(&self, size: usize) {
+        self.inner
+            .buffered
+            .set(self.inner.buffered.get().saturating_sub(size));
+        for _ in 0..size.div_ceil(1024) {
+            self.inner.room.release();
+        }
+    }
+
+    /// Sends every open batch now.
+    pub fn flush(&self) {
+        let qs: Vec<QueueRef> = self.inner.open.borrow().keys().cloned().collect();
+        for q in qs {
+            self.flush_queue(&q);
+        }
+    }
+
+    fn flush_queue(&self, q: &QueueRef) {
+        let batch = {
+            let mut open = self.inner.open.borrow_mut();
+            let Some(o) = open.get_mut(q) else { return };
+            if o.messages.is_empty() {
+                return;
+            }
+            o.epoch += 1;
+            o.bytes = 0;
+            std::mem::take(&mut o.messages)
+        };
+        let me = self.clone();
+        let q = q.clone();
+        monoio::spawn(async move { me.send_batch(q, batch).await });
+    }
+
+    fn build(q: &QueueRef, messages: &[(Message, Option<Done>)]) -> Result<Bytes, ClientError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut b = BatchBuilder::new(q.queue_id);
+        for (m, _) in messages {
+            let props: Vec<(&[u8], &[u8])> = m
+                .properties
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+                .collect();
+            b.push(&RecordInput {
+                timestamp_ms: now,
+                key: &m.key,
+                tag: m.tag.as_bytes(),
+                properties: &props,
+                body: &m.body,
+                ..Default::default()
+            })
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        }
+        b.finish().map_err(|e| ClientError::Invalid(e.to_string()))
+    }
+
+    async fn send_batch(self, mut q: QueueRef, messages: Vec<(Message, Option<Done>)>) {
+        let size: usize = messages.iter().map(|(m, _)| m.size()).sum();
+        let ordered = matches!(self.inner.cfg.selector, QueueSelector::KeyHash);
+        let mut attempt = 0;
+        let result = loop {
+            let body = match Self::build(&q, &messages) {
+                Ok(b) => b,
+                Err(e) => break Err(e),
+            };
+            let req = SendBatchRequest {
+                topic: q.topic.clone(),
+                queue_id: q.queue_id,
+            };
+            match self.inner.client.queue_call(&q, req, body).await {
+                Ok((r, _)) => break Ok(r.base_offset),
+                Err(e) if e.is_retriable() && attempt < self.inner.client.config().retries => {
+                    attempt += 1;
+                    tracing::debug!(queue = q.queue_id.0, error = %e, attempt, "send failed; retrying");
+                    monoio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    if !ordered {
+                        // Another queue (the route was refreshed if stale).
+                        if let Ok(next) = self.pick(&q.topic, &messages[0].0, Some(&q)).await {
+                            q = next;
+                        }
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.release(size);
+        for (i, (_, done)) in messages.into_iter().enumerate() {
+            let outcome = result.clone().map(|base| SendResult {
+                queue: q.clone(),
+                offset: base + i as u64,
+            });
+            match done {
+                Some(tx) => {
+                    let _ = tx.send(outcome);
+                }
+                None => {
+                    if let Err(e) = outcome {
+                        tracing::warn!(error = %e, "oneway send failed");
+                    }
+                }
+            }
+        }
+    }
+}
