@@ -33,6 +33,22 @@ pub use consumer::{
 pub use error::ClientError;
 pub use producer::{Message, Producer, ProducerConfig, QueueSelector, SendResult};
 
+/// Lets every other ready task run once, then continues (unlike a zero
+/// sleep, which waits for the next timer tick).
+pub async fn yield_now() {
+    let mut yielded = false;
+    futures::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
 /// A monoio runtime for the client: io_uring where the kernel has it,
 /// epoll otherwise, with timers.
 pub fn runtime() -> std::io::Result<

@@ -285,7 +285,12 @@ impl Producer {
             let me = self.clone();
             let linger = self.inner.cfg.linger;
             monoio::spawn(async move {
-                monoio::time::sleep(linger).await;
+                if linger.is_zero() {
+                    // What this pass of the event loop queued goes together.
+                    crate::yield_now().await;
+                } else {
+                    monoio::time::sleep(linger).await;
+                }
                 let same = me
                     .inner
                     .open
@@ -300,6 +305,7 @@ impl Producer {
         Ok(rx)
     }
 
+    /// Gives back what [`Producer::enqueue`] took for one message of `size`.
     fn release(&self, size: usize) {
         self.inner
             .buffered
@@ -358,7 +364,7 @@ impl Producer {
     }
 
     async fn send_batch(self, mut q: QueueRef, messages: Vec<(Message, Option<Done>)>) {
-        let size: usize = messages.iter().map(|(m, _)| m.size()).sum();
+        let sizes: Vec<usize> = messages.iter().map(|(m, _)| m.size()).collect();
         let ordered = matches!(self.inner.cfg.selector, QueueSelector::KeyHash);
         let mut attempt = 0;
         let result = loop {
@@ -386,7 +392,9 @@ impl Producer {
                 Err(e) => break Err(e),
             }
         };
-        self.release(size);
+        for size in sizes {
+            self.release(size);
+        }
         for (i, (_, done)) in messages.into_iter().enumerate() {
             let outcome = result.clone().map(|base| SendResult {
                 queue: q.clone(),

@@ -1,6 +1,19 @@
-//! ringmq load generator: open-loop benchmarks with merged HdrHistograms and recorded reports.
+//! ringmq load generator.
 //!
 //! # Layout
-//! - `ringmq-loadgen` (src/main.rs): workloads, drivers and reports arrive with issue #7.
-//!
-//! Nothing else is here yet: issue #7 builds this crate on `ringmq-core`.
+//! - [`workload`]: what to run (flags or a TOML file).
+//! - [`driver`]: runs a workload against ringmq with the native client:
+//!   open-loop producers on a schedule, push consumers, progress.
+//! - [`stats`]: payload stamps, HdrHistograms (merged, never averaged),
+//!   per-second series, `--verify` checks.
+//! - [`report`]: the final table, JSON + Markdown + SVG into `bench-results/`.
+//! - [`embedded`]: an in-process name server and broker (`quickstart`).
+//! - [`verify`]: reading a topic back against an ack log.
+//! - `ringmq-loadgen` (src/main.rs): the command line.
+
+pub mod driver;
+pub mod embedded;
+pub mod report;
+pub mod stats;
+pub mod verify;
+pub mod workload;

@@ -1,0 +1,305 @@
+//! Results: the final table (stdout), and with `--report DIR` one JSON and
+//! one Markdown file per run plus two SVG plots (latency over time, latency
+//! by percentile), and the index README of the folder.
+
+#[path = "../../core/benches/support/mod.rs"]
+mod support;
+
+use crate::driver::RunOutput;
+use crate::stats::{Percentiles, Second};
+use crate::workload::Workload;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// The numbers of a run, ready to print or store.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub publish: Percentiles,
+    pub e2e: Percentiles,
+    pub msgs_per_s: f64,
+    pub mb_per_s: f64,
+    pub received_per_s: f64,
+    pub broker_cpu_us_per_msg: Option<f64>,
+}
+
+pub fn summarize(w: &Workload, out: &RunOutput) -> Summary {
+    let r = &out.recorder;
+    let secs = out.measured_secs.max(1e-9);
+    Summary {
+        publish: Percentiles::of(&r.publish),
+        e2e: Percentiles::of(&r.e2e),
+        msgs_per_s: r.measured_sent as f64 / secs,
+        mb_per_s: r.measured_sent as f64 * w.size as f64 / secs / 1e6,
+        received_per_s: r.measured_received as f64 / secs,
+        broker_cpu_us_per_msg: out
+            .broker_cpu_secs
+            .filter(|_| r.measured_sent > 0)
+            .map(|c| c * 1e6 / r.measured_sent as f64),
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+/// The final table, as Markdown (also printed).
+pub fn table(w: &Workload, s: &Summary, out: &RunOutput) -> String {
+    let mut t = String::from(
+        "| | p50 ms | p90 ms | p99 ms | p99.9 ms | p99.99 ms | max ms | samples |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (name, p) in [("publish", &s.publish), ("end-to-end", &s.e2e)] {
+        t += &format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |\n",
+            ms(p.p50),
+            ms(p.p90),
+            ms(p.p99),
+            ms(p.p999),
+            ms(p.p9999),
+            ms(p.max),
+            p.count
+        );
+    }
+    t += &format!(
+        "\n| rate | value |\n|---|---:|\n| published msg/s | {:.0} |\n| published MB/s | {:.1} |\n| received msg/s | {:.0} |\n| broker CPU µs per message | {} |\n| failed sends | {} |\n",
+        s.msgs_per_s,
+        s.mb_per_s,
+        s.received_per_s,
+        s.broker_cpu_us_per_msg
+            .map_or_else(|| "n/a".into(), |c| format!("{c:.2}")),
+        out.recorder.failed,
+    );
+    if let Some(f) = out.backlog_fill_secs {
+        t += &format!(
+            "| backlog of {} stored in s | {f:.1} |\n",
+            w.backlog.unwrap_or(0)
+        );
+    }
+    if w.backlog.is_some() {
+        t += &format!(
+            "| backlog drained in s | {} |\n",
+            out.drain_secs
+                .map_or_else(|| "not drained".into(), |d| format!("{d:.1}"))
+        );
+    }
+    if let Some(v) = &out.recorder.verify {
+        t += &format!(
+            "| verify: lost / duplicated / out of order | {} / {} / {} |\n",
+            out.lost.unwrap_or(0),
+            v.duplicates,
+            v.out_of_order
+        );
+    }
+    t
+}
+
+/// A polyline chart as SVG: one series per (name, points).
+fn svg_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+    log_x: bool,
+) -> String {
+    let (w, h, left, bottom) = (800.0, 400.0, 70.0, 50.0);
+    let pts: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    let tx = |x: f64| if log_x { x.max(1e-9).log10() } else { x };
+    let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+        (a.min(tx(p.0)), b.max(tx(p.0)))
+    });
+    let y1 = pts.iter().fold(0.0f64, |a, p| a.max(p.1)).max(1e-9) * 1.1;
+    let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
+    let sx = |x: f64| left + (tx(x) - x0) / (x1 - x0) * (w - left - 20.0);
+    let sy = |y: f64| h - bottom - y / y1 * (h - bottom - 30.0);
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"];
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\n\
+         <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{left}\" y1=\"30\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_label}</text>\n<text x=\"15\" y=\"{}\" transform=\"rotate(-90 15 {})\" text-anchor=\"middle\">{y_label}</text>\n",
+        w / 2.0, h - bottom, w - 20.0, h - bottom, h - bottom, w / 2.0, h - 10.0, h / 2.0, h / 2.0
+    );
+    for i in 0..=4 {
+        let y = y1 * f64::from(i) / 4.0;
+        svg += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.2}</text><line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#eee\"/>\n",
+            left - 5.0, sy(y) + 4.0, y, sy(y), w - 20.0, sy(y)
+        );
+    }
+    for i in 0..=4 {
+        let xv = x0 + (x1 - x0) * f64::from(i) / 4.0;
+        let label = if log_x {
+            format!("{:.4}", 10f64.powf(xv))
+        } else {
+            format!("{xv:.0}")
+        };
+        let px = left + (xv - x0) / (x1 - x0) * (w - left - 20.0);
+        svg += &format!(
+            "<text x=\"{px}\" y=\"{}\" text-anchor=\"middle\">{label}</text>\n",
+            h - bottom + 15.0
+        );
+    }
+    for (i, (name, p)) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let path: Vec<String> = p
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            path.join(" ")
+        );
+        svg += &format!(
+            "<text x=\"{}\" y=\"{}\" fill=\"{c}\">{name}</text>\n",
+            w - 150.0,
+            40.0 + 15.0 * i as f64
+        );
+    }
+    svg + "</svg>\n"
+}
+
+fn percentile_points(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    // x: 1 / (1 - quantile), so p99 = 100, p99.99 = 10000.
+    [
+        0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999,
+    ]
+    .iter()
+    .map(|&q| (1.0 / (1.0 - q), h.value_at_quantile(q) as f64 / 1000.0))
+    .collect()
+}
+
+fn filesystem(dir: &Path) -> String {
+    support::command_output("stat", &["-f", "-c", "%T", &dir.to_string_lossy()])
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Writes the JSON, Markdown and SVGs of a run into `dir`; returns the base path.
+pub fn write(
+    dir: &Path,
+    name: &str,
+    w: &Workload,
+    out: &RunOutput,
+    s: &Summary,
+    broker: Value,
+    data_dir: Option<&Path>,
+) -> std::io::Result<std::path::PathBuf> {
+    let started = support::utc_stamp();
+    let commit = support::git_commit();
+    let machine = support::machine();
+    let series: &[Second] = &out.recorder.series;
+    let base = format!("loadgen-{name}-{started}-{commit}");
+    let over_time = svg_chart(
+        &format!("publish latency over time ({name})"),
+        "second",
+        "ms",
+        &[
+            (
+                "publish p50",
+                series
+                    .iter()
+                    .map(|x| (x.t as f64, x.publish_p50_us as f64 / 1000.0))
+                    .collect(),
+            ),
+            (
+                "publish p99",
+                series
+                    .iter()
+                    .map(|x| (x.t as f64, x.publish_p99_us as f64 / 1000.0))
+                    .collect(),
+            ),
+            (
+                "end-to-end p99",
+                series
+                    .iter()
+                    .map(|x| (x.t as f64, x.e2e_p99_us as f64 / 1000.0))
+                    .collect(),
+            ),
+        ],
+        false,
+    );
+    let by_percentile = svg_chart(
+        &format!("latency by percentile ({name})"),
+        "1 / (1 - quantile): 100 = p99, 10000 = p99.99",
+        "ms",
+        &[
+            ("publish", percentile_points(&out.recorder.publish)),
+            ("end-to-end", percentile_points(&out.recorder.e2e)),
+        ],
+        true,
+    );
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(format!("{base}-over-time.svg")), over_time)?;
+    std::fs::write(dir.join(format!("{base}-percentiles.svg")), by_percentile)?;
+    let fs = data_dir.map_or_else(|| "unknown".into(), filesystem);
+    let md = format!(
+        "# loadgen {name}, {started}\n\nCommit `{commit}`; {} ({} cores), kernel {}, data on {fs}.\n\n\
+         Workload: {} topic(s) x {} queues, {} producer(s), {} group(s) x {} consumer(s), {} B messages, keys {}, \
+         rate {} msg/s (0 = max), {} s measured after {} s warm-up{}; broker flush `{}`, {} shard(s).\n\n{}\n\
+         ![latency over time]({base}-over-time.svg)\n![latency by percentile]({base}-percentiles.svg)\n\n\
+         Reproduce: `cargo run --release -p ringmq-loadgen -- run {}`\n",
+        machine.cpu_model,
+        machine.cores,
+        machine.kernel,
+        w.topics,
+        w.queues,
+        w.producers,
+        w.groups,
+        w.consumers,
+        w.size,
+        w.keys,
+        w.rate,
+        w.duration,
+        w.warmup,
+        w.backlog.map_or_else(String::new, |b| format!(", backlog {b} messages first")),
+        w.flush,
+        w.shards,
+        table(w, s, out),
+        cli_args(w),
+    );
+    let report = json!({
+        "tool": "ringmq-loadgen",
+        "name": name,
+        "started_utc": started,
+        "commit": commit,
+        "machine": machine,
+        "filesystem": fs,
+        "workload": w,
+        "broker": broker,
+        "topics": out.topics,
+        "groups": out.groups,
+        "publish_us": s.publish,
+        "end_to_end_us": s.e2e,
+        "published_msgs_per_s": s.msgs_per_s,
+        "published_mb_per_s": s.mb_per_s,
+        "received_msgs_per_s": s.received_per_s,
+        "broker_cpu_us_per_msg": s.broker_cpu_us_per_msg,
+        "failed": out.recorder.failed,
+        "backlog_fill_s": out.backlog_fill_secs,
+        "drain_s": out.drain_secs,
+        "lost": out.lost,
+        "duplicates": out.recorder.verify.as_ref().map(|v| v.duplicates),
+        "out_of_order": out.recorder.verify.as_ref().map(|v| v.out_of_order),
+        "series": series,
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join(format!("{base}.json")), text)?;
+    std::fs::write(dir.join(format!("{base}.md")), md)?;
+    support::refresh_index(dir)?;
+    Ok(dir.join(base))
+}
+
+/// The flags that reproduce a workload.
+pub fn cli_args(w: &Workload) -> String {
+    let mut a = format!(
+        "--topics {} --queues {} --producers {} --groups {} --consumers {} --size {} --keys {} --rate {} --warmup {} --flush {} --shards {}",
+        w.topics, w.queues, w.producers, w.groups, w.consumers, w.size, w.keys, w.rate, w.warmup, w.flush, w.shards
+    );
+    match w.messages {
+        Some(m) => a += &format!(" --messages {m}"),
+        None => a += &format!(" --duration {}", w.duration),
+    }
+    if let Some(b) = w.backlog {
+        a += &format!(" --backlog {b}");
+    }
+    a
+}

@@ -1,0 +1,290 @@
+//! Measurement: message payloads that carry their own identity and send
+//! time, HdrHistograms of publish and end-to-end latency (merged across
+//! producers and consumers, never averaged), per-second series, and the
+//! live checks of `--verify`.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Instant;
+
+const MAGIC: u32 = 0x524d_4c47; // "RMLG"
+
+/// What every message carries at its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub producer: u32,
+    pub seq: u64,
+    /// Intended send time, µs since the run's epoch.
+    pub sent_us: u64,
+}
+
+impl Stamp {
+    /// A payload of `size` bytes starting with the stamp.
+    pub fn payload(&self, size: usize) -> Vec<u8> {
+        let mut v = vec![b'x'; size.max(24)];
+        v[..4].copy_from_slice(&MAGIC.to_le_bytes());
+        v[4..8].copy_from_slice(&self.producer.to_le_bytes());
+        v[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        v[16..24].copy_from_slice(&self.sent_us.to_le_bytes());
+        v
+    }
+
+    /// Reads a payload's stamp.
+    pub fn read(b: &[u8]) -> Option<Self> {
+        let word = |r: std::ops::Range<usize>| {
+            b.get(r)
+                .map(|s| s.iter().rev().fold(0u64, |a, &x| a << 8 | u64::from(x)))
+        };
+        if word(0..4)? != u64::from(MAGIC) {
+            return None;
+        }
+        Some(Self {
+            producer: word(4..8)? as u32,
+            seq: word(8..16)?,
+            sent_us: word(16..24)?,
+        })
+    }
+}
+
+/// A latency histogram in µs, 1 µs to 60 s, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!())
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    pub t: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub backlog: u64,
+    pub publish_p50_us: u64,
+    pub publish_p99_us: u64,
+    pub e2e_p99_us: u64,
+}
+
+/// Everything measured, in one place (one monoio thread).
+#[derive(Debug)]
+pub struct Recorder {
+    pub epoch: Instant,
+    /// Whether samples count (false during warm-up).
+    pub measuring: bool,
+    pub publish: Histogram<u64>,
+    pub e2e: Histogram<u64>,
+    pub interval_publish: Histogram<u64>,
+    pub interval_e2e: Histogram<u64>,
+    pub sent: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub received: u64,
+    pub measured_sent: u64,
+    pub measured_received: u64,
+    pub bytes_sent: u64,
+    pub series: Vec<Second>,
+    pub verify: Option<Verifier>,
+}
+
+impl Recorder {
+    pub fn new(verify: bool) -> Self {
+        Self {
+            epoch: Instant::now(),
+            measuring: false,
+            publish: histogram(),
+            e2e: histogram(),
+            interval_publish: histogram(),
+            interval_e2e: histogram(),
+            sent: 0,
+            acked: 0,
+            failed: 0,
+            received: 0,
+            measured_sent: 0,
+            measured_received: 0,
+            bytes_sent: 0,
+            series: Vec::new(),
+            verify: verify.then(Verifier::default),
+        }
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    pub fn on_ack(&mut self, stamp: Stamp, size: usize) {
+        let lat = self.now_us().saturating_sub(stamp.sent_us).max(1);
+        self.acked += 1;
+        if let Some(v) = self.verify.as_mut() {
+            set_bit(v.acked.entry(stamp.producer).or_default(), stamp.seq);
+        }
+        let _ = self.interval_publish.record(lat);
+        if self.measuring {
+            let _ = self.publish.record(lat);
+            self.measured_sent += 1;
+            self.bytes_sent += size as u64;
+        }
+    }
+
+    pub fn on_receive(&mut self, queue: &str, stamp: Stamp) {
+        let lat = self.now_us().saturating_sub(stamp.sent_us).max(1);
+        self.received += 1;
+        let _ = self.interval_e2e.record(lat);
+        if self.measuring {
+            let _ = self.e2e.record(lat);
+            self.measured_received += 1;
+        }
+        if let Some(v) = self.verify.as_mut() {
+            v.check(queue, stamp);
+        }
+    }
+
+    /// Closes one second of the series; returns it.
+    pub fn tick(&mut self, t: u64, last: (u64, u64)) -> Second {
+        let s = Second {
+            t,
+            sent: self.acked - last.0,
+            received: self.received - last.1,
+            backlog: self.acked.saturating_sub(self.received),
+            publish_p50_us: self.interval_publish.value_at_quantile(0.5),
+            publish_p99_us: self.interval_publish.value_at_quantile(0.99),
+            e2e_p99_us: self.interval_e2e.value_at_quantile(0.99),
+        };
+        self.interval_publish.reset();
+        self.interval_e2e.reset();
+        self.series.push(s.clone());
+        s
+    }
+}
+
+/// Live checks: per queue and producer, sequences only go up; no message
+/// arrives twice (per consumer group the recorder is shared, so a group's
+/// members are checked together).
+#[derive(Debug, Default)]
+pub struct Verifier {
+    last: HashMap<(String, u32), u64>,
+    seen: HashMap<u32, Vec<u64>>,
+    acked: HashMap<u32, Vec<u64>>,
+    pub out_of_order: u64,
+    pub duplicates: u64,
+}
+
+impl Verifier {
+    fn check(&mut self, queue: &str, s: Stamp) {
+        let key = (queue.to_owned(), s.producer);
+        if let Some(&prev) = self.last.get(&key) {
+            if s.seq < prev {
+                self.out_of_order += 1;
+            }
+        }
+        self.last.insert(key, s.seq);
+        // A bitmap per producer: one bit per sequence number.
+        if set_bit(self.seen.entry(s.producer).or_default(), s.seq) {
+            self.duplicates += 1;
+        }
+    }
+
+    /// Acknowledged messages no consumer received.
+    pub fn lost(&self) -> u64 {
+        self.acked
+            .iter()
+            .map(|(p, acked)| {
+                let seen = self.seen.get(p);
+                acked
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &a)| {
+                        let s = seen.and_then(|v| v.get(i)).copied().unwrap_or(0);
+                        u64::from((a & !s).count_ones())
+                    })
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// Sequences of `producer` below `upto` never seen.
+    pub fn missing(&self, producer: u32, acked: &[u64]) -> u64 {
+        let bits = self.seen.get(&producer);
+        acked
+            .iter()
+            .filter(|&&seq| {
+                let (w, b) = ((seq / 64) as usize, seq % 64);
+                bits.and_then(|v| v.get(w))
+                    .is_none_or(|x| x & (1 << b) == 0)
+            })
+            .count() as u64
+    }
+}
+
+/// Sets bit `n`; returns whether it was already set.
+fn set_bit(bits: &mut Vec<u64>, n: u64) -> bool {
+    let (word, bit) = ((n / 64) as usize, n % 64);
+    if bits.len() <= word {
+        bits.resize(word + 1, 0);
+    }
+    let was = bits[word] & (1 << bit) != 0;
+    bits[word] |= 1 << bit;
+    was
+}
+
+/// Percentiles of a histogram, for tables and JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip_and_foreign_bytes_are_not_stamps() {
+        let s = Stamp {
+            producer: 7,
+            seq: 1 << 40,
+            sent_us: 123_456,
+        };
+        let p = s.payload(100);
+        assert_eq!(p.len(), 100);
+        assert_eq!(Stamp::read(&p), Some(s));
+        assert_eq!(Stamp::read(b"hello"), None);
+    }
+
+    #[test]
+    fn the_verifier_finds_duplicates_reordering_and_gaps() {
+        let mut v = Verifier::default();
+        let st = |seq| Stamp {
+            producer: 1,
+            seq,
+            sent_us: 0,
+        };
+        for seq in [0, 1, 2, 2, 1, 5] {
+            v.check("q0", st(seq));
+        }
+        assert_eq!(v.duplicates, 2);
+        assert_eq!(v.out_of_order, 1);
+        assert_eq!(v.missing(1, &[0, 1, 2, 3, 4, 5]), 2);
+        for seq in 0..6 {
+            set_bit(v.acked.entry(1).or_default(), seq);
+        }
+        assert_eq!(v.lost(), 2);
+    }
+}

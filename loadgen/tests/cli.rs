@@ -1,0 +1,132 @@
+//! ringmq-loadgen as a user runs it: a short embedded run with a report,
+//! and a run against a separate broker followed by `verify`.
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns unwrap too
+
+use ringmq_loadgen::embedded::Embedded;
+use std::process::Command;
+
+fn loadgen(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringmq-loadgen"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_embedded_run_writes_its_report_and_verifies_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("results");
+    let out = loadgen(&[
+        "run",
+        "--duration",
+        "2",
+        "--warmup",
+        "1",
+        "--rate",
+        "2000",
+        "--queues",
+        "4",
+        "--verify",
+        "--report",
+        report.to_str().unwrap(),
+        "--name",
+        "test",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| publish |"), "{stdout}");
+    assert!(
+        stdout.contains("| 0 / 0 / 0 |"),
+        "nothing lost, duplicated or reordered: {stdout}"
+    );
+    let names: Vec<String> = std::fs::read_dir(&report)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for suffix in [".json", ".md", "-over-time.svg", "-percentiles.svg"] {
+        assert!(
+            names.iter().any(|n| n.ends_with(suffix)),
+            "{suffix} in {names:?}"
+        );
+    }
+    assert!(names.contains(&"README.md".to_owned()), "index");
+    let json = names.iter().find(|n| n.ends_with(".json")).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join(json)).unwrap()).unwrap();
+    assert!(v["publish_us"]["p99"].as_u64().unwrap() > 0);
+    assert!(!v["series"].as_array().unwrap().is_empty());
+    assert_eq!(v["workload"]["rate"], 2000);
+}
+
+#[test]
+fn an_ack_log_is_verified_against_the_topic() {
+    let node = Embedded::start(2, "sync").unwrap();
+    let ns = node.namesrv_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("acks.log");
+    let out = loadgen(&[
+        "run",
+        "--namesrv",
+        &ns,
+        "--messages",
+        "3000",
+        "--groups",
+        "0",
+        "--queues",
+        "4",
+        "--ack-log",
+        log.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let topic = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("topics: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3000);
+    let out = loadgen(&[
+        "verify",
+        "--namesrv",
+        &ns,
+        "--topic",
+        &topic,
+        "--ack-log",
+        log.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("acknowledged 3000  read 3000  lost 0  duplicated 0  out of order 0"),
+        "{stdout}"
+    );
+    // An ack the topic never had is reported lost, and the exit code says so.
+    std::fs::write(
+        &log,
+        format!("{}99 0\n", std::fs::read_to_string(&log).unwrap()),
+    )
+    .unwrap();
+    let out = loadgen(&[
+        "verify",
+        "--namesrv",
+        &ns,
+        "--topic",
+        &topic,
+        "--ack-log",
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lost 1"));
+    // Bad arguments are refused before anything runs.
+    assert_eq!(loadgen(&["run", "--size", "3"]).status.code(), Some(2));
+}
