@@ -9,10 +9,13 @@
 //! - [`report`]: the final table, JSON + Markdown + SVG into `bench-results/`.
 //! - [`embedded`]: an in-process name server and broker (`quickstart`).
 //! - [`verify`]: reading a topic back against an ack log.
+//! - [`peers`]: Redis Streams and NATS JetStream drivers (small RESP and
+//!   NATS protocol clients) and starting/stopping those servers.
 //! - `ringmq-loadgen` (src/main.rs): the command line.
 
 pub mod driver;
 pub mod embedded;
+pub mod peers;
 pub mod report;
 pub mod stats;
 pub mod verify;

@@ -27,6 +27,20 @@ enum Command {
     Run(Box<RunArgs>),
     /// Reads a topic back and checks it against an ack log.
     Verify(VerifyArgs),
+    /// Runs the workload on ringmq (embedded), NATS JetStream and Redis
+    /// Streams one after another and prints them side by side.
+    Compare(Box<CompareArgs>),
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Rounds per driver (alternating), for min/median/max.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    workload: WorkloadArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -47,6 +61,9 @@ struct RunArgs {
     /// PID of the broker under test, to report its CPU per message.
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// `ringmq`, or a peer this command starts and stops: `nats`, `redis`.
+    #[arg(long, default_value = "ringmq")]
+    driver: String,
     /// Check order, gaps and duplicates live (one consumer group).
     #[arg(long)]
     verify: bool,
@@ -142,6 +159,148 @@ fn run(
     Ok(lost == 0)
 }
 
+fn peer_kind(name: &str) -> Option<ringmq_loadgen::peers::PeerKind> {
+    use ringmq_loadgen::peers::PeerKind;
+    match name {
+        "nats" => Some(PeerKind::Nats),
+        "redis" => Some(PeerKind::Redis),
+        _ => None,
+    }
+}
+
+/// One run on a peer; returns the summary and the output.
+fn run_peer(
+    kind: ringmq_loadgen::peers::PeerKind,
+    w: &Workload,
+    common: &Common,
+) -> Result<(report::Summary, driver::RunOutput), String> {
+    use ringmq_loadgen::peers::{self, Peer};
+    let peer = Peer::start(kind, &w.flush)?;
+    eprintln!(
+        "{} started at {} (pid {})",
+        kind.name(),
+        peer.addr,
+        peer.pid
+    );
+    let out = peers::run(&peer, w)?;
+    let summary = report::summarize(w, &out);
+    if let Some(dir) = &common.report {
+        let broker = json!({"peer": kind.name(), "flush": w.flush, "addr": peer.addr});
+        let name = format!("{}-{}", common.name, kind.name());
+        report::write(
+            dir,
+            &name,
+            w,
+            &out,
+            &summary,
+            broker,
+            Some(peers::dir_of(&peer)),
+        )
+        .map_err(|e| format!("writing the report: {e}"))?;
+    }
+    Ok((summary, out))
+}
+
+fn compare(args: &CompareArgs) -> Result<bool, String> {
+    use ringmq_loadgen::peers::{Peer, PeerKind};
+    let w = Workload::resolve(&args.workload)?;
+    let mut rows: Vec<(String, Vec<report::Summary>)> = Vec::new();
+    let mut skipped = Vec::new();
+    let drivers: Vec<Option<PeerKind>> = vec![None, Some(PeerKind::Nats), Some(PeerKind::Redis)];
+    for round in 0..args.rounds.max(1) {
+        for d in &drivers {
+            let name = d.map_or("ringmq", |k| k.name());
+            if let Some(k) = d {
+                if !Peer::installed(*k) {
+                    if round == 0 {
+                        skipped.push(format!("{name}: not installed (apt-get install -y nats-server redis-server redis-tools)"));
+                    }
+                    continue;
+                }
+            }
+            eprintln!("compare round {}/{}: {name}", round + 1, args.rounds.max(1));
+            let summary = match d {
+                None => {
+                    let node = Embedded::start(w.shards, &w.flush)?;
+                    let target = Target {
+                        namesrv: vec![node.namesrv_addr()],
+                        broker_cpu: Box::new(embedded::shard_threads_cpu),
+                    };
+                    let out = driver::run(
+                        &w,
+                        &target,
+                        &RunOptions {
+                            verify: false,
+                            ack_log: None,
+                            progress: false,
+                        },
+                    )?;
+                    report::summarize(&w, &out)
+                }
+                Some(k) => {
+                    run_peer(
+                        *k,
+                        &w,
+                        &Common {
+                            report: None,
+                            name: args.common.name.clone(),
+                        },
+                    )?
+                    .0
+                }
+            };
+            match rows.iter_mut().find(|(n, _)| n == name) {
+                Some((_, v)) => v.push(summary),
+                None => rows.push((name.to_owned(), vec![summary])),
+            }
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let base = rows
+        .iter()
+        .find(|(n, _)| n == "ringmq")
+        .map(|(_, v)| median(&v.iter().map(|s| s.msgs_per_s).collect::<Vec<_>>()).0);
+    let mut md = String::from(
+        "| driver | msg/s median (min-max) | MB/s | publish p50 ms | p99 ms | p99.9 ms | server CPU µs/msg | ringmq ÷ driver |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut json_rows = Vec::new();
+    for (name, v) in &rows {
+        let (m, lo, hi) = median(&v.iter().map(|s| s.msgs_per_s).collect::<Vec<_>>());
+        let mid = v
+            .iter()
+            .min_by(|a, b| {
+                (a.msgs_per_s - m)
+                    .abs()
+                    .total_cmp(&(b.msgs_per_s - m).abs())
+            })
+            .unwrap_or(&v[0]);
+        md += &format!(
+            "| {name} | {m:.0} ({lo:.0}-{hi:.0}) | {:.1} | {:.3} | {:.3} | {:.3} | {} | {} |\n",
+            m * w.size as f64 / 1e6,
+            mid.publish.p50 as f64 / 1000.0,
+            mid.publish.p99 as f64 / 1000.0,
+            mid.publish.p999 as f64 / 1000.0,
+            mid.broker_cpu_us_per_msg
+                .map_or_else(|| "n/a".into(), |c| format!("{c:.2}")),
+            base.map_or_else(|| "n/a".into(), |b| format!("{:.2}", b / m.max(1e-9))),
+        );
+        json_rows.push(json!({"driver": name, "msgs_per_s": v.iter().map(|s| s.msgs_per_s).collect::<Vec<_>>(), "publish_us": mid.publish, "server_cpu_us_per_msg": mid.broker_cpu_us_per_msg}));
+    }
+    for s in &skipped {
+        md += &format!("\nskipped {s}\n");
+    }
+    println!("{md}");
+    if let Some(dir) = &args.common.report {
+        report::write_compare(dir, &args.common.name, &w, &md, json!(json_rows))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -187,6 +346,25 @@ fn main() -> ExitCode {
                     eprintln!("ringmq-loadgen: --ack-log records one topic: use --topics 1");
                     return ExitCode::from(2);
                 }
+                if args.driver != "ringmq" {
+                    let Some(kind) = peer_kind(&args.driver) else {
+                        eprintln!(
+                            "ringmq-loadgen: --driver {:?}: ringmq, nats or redis",
+                            args.driver
+                        );
+                        return ExitCode::from(2);
+                    };
+                    return match run_peer(kind, &w, &args.common) {
+                        Ok((s, out)) => {
+                            println!("{}", report::table(&w, &s, &out));
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("ringmq-loadgen: {e}");
+                            ExitCode::from(1)
+                        }
+                    };
+                }
                 run(
                     w,
                     args.namesrv,
@@ -200,6 +378,7 @@ fn main() -> ExitCode {
                 )
             }
         },
+        Command::Compare(args) => compare(&args),
         Command::Verify(args) => {
             ringmq_loadgen::verify::read_ack_log(&args.ack_log).and_then(|acked| {
                 let r = ringmq_loadgen::verify::verify(args.namesrv, &args.topic, &acked)?;

@@ -303,3 +303,32 @@ pub fn cli_args(w: &Workload) -> String {
     }
     a
 }
+
+/// Writes a side-by-side comparison (Markdown table and JSON rows).
+pub fn write_compare(
+    dir: &Path,
+    name: &str,
+    w: &Workload,
+    table_md: &str,
+    rows: Value,
+) -> std::io::Result<()> {
+    let started = support::utc_stamp();
+    let commit = support::git_commit();
+    let machine = support::machine();
+    let base = format!("compare-{name}-{started}-{commit}");
+    let md = format!(
+        "# compare {name}, {started}\n\nCommit `{commit}`; {} ({} cores), kernel {}. Same workload on each driver, one after another \
+         (ringmq embedded, peers started by loadgen on loopback): {} B messages, {} queues, rate {} msg/s (0 = max), {} s after {} s warm-up, flush `{}` \
+         (peers: NATS JetStream file storage; Redis AOF everysec, or always for sync).\n\n{table_md}\n\
+         Reproduce: `cargo run --release -p ringmq-loadgen -- compare {}`\n",
+        machine.cpu_model, machine.cores, machine.kernel, w.size, w.queues, w.rate, w.duration, w.warmup, w.flush, cli_args(w)
+    );
+    let report = json!({"tool": "ringmq-loadgen compare", "name": name, "started_utc": started, "commit": commit, "machine": machine, "workload": w, "rows": rows});
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(format!("{base}.json")),
+        serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::write(dir.join(format!("{base}.md")), md)?;
+    support::refresh_index(dir)
+}
