@@ -80,6 +80,9 @@ pub struct QueueRef {
 struct CachedRoute {
     route: Rc<TopicRoute>,
     fetched: Instant,
+    /// Sorted writable and readable queues, built once per route.
+    writable: Rc<Vec<QueueRef>>,
+    readable: Rc<Vec<QueueRef>>,
 }
 
 #[derive(Debug)]
@@ -200,11 +203,33 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
+        let list = |writable: bool| {
+            let mut qs: Vec<QueueRef> = route
+                .queues
+                .iter()
+                .filter(|q| {
+                    if writable {
+                        q.perm.writable()
+                    } else {
+                        q.perm.readable()
+                    }
+                })
+                .map(|q| QueueRef {
+                    topic: topic.clone(),
+                    broker: q.broker_name.clone(),
+                    queue_id: q.queue_id,
+                })
+                .collect();
+            qs.sort();
+            Rc::new(qs)
+        };
         self.inner.routes.borrow_mut().insert(
             topic.clone(),
             CachedRoute {
                 route: route.clone(),
                 fetched: Instant::now(),
+                writable: list(true),
+                readable: list(false),
             },
         );
         Ok(route)
@@ -215,31 +240,29 @@ impl Client {
         self.inner.routes.borrow_mut().remove(topic);
     }
 
-    /// Every writable (or readable) queue of a topic, sorted.
+    /// Every writable (or readable) queue of a topic, sorted (cached with
+    /// the route).
     pub async fn queues(
         &self,
         topic: &TopicName,
         writable: bool,
-    ) -> Result<Vec<QueueRef>, ClientError> {
-        let route = self.route(topic).await?;
-        let mut qs: Vec<QueueRef> = route
-            .queues
-            .iter()
-            .filter(|q| {
-                if writable {
-                    q.perm.writable()
-                } else {
-                    q.perm.readable()
-                }
+    ) -> Result<Rc<Vec<QueueRef>>, ClientError> {
+        let cached = |inner: &Inner| {
+            inner.routes.borrow().get(topic).and_then(|c| {
+                (c.fetched.elapsed() < inner.cfg.route_refresh).then(|| {
+                    if writable {
+                        c.writable.clone()
+                    } else {
+                        c.readable.clone()
+                    }
+                })
             })
-            .map(|q| QueueRef {
-                topic: topic.clone(),
-                broker: q.broker_name.clone(),
-                queue_id: q.queue_id,
-            })
-            .collect();
-        qs.sort();
-        Ok(qs)
+        };
+        if let Some(q) = cached(&self.inner) {
+            return Ok(q);
+        }
+        self.refresh_route(topic).await?;
+        cached(&self.inner).ok_or_else(|| ClientError::NoRoute(topic.to_string()))
     }
 
     /// The shard address that owns `q`.

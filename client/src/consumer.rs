@@ -89,7 +89,10 @@ impl PullConsumer {
 
     /// The readable queues of a topic (to assign).
     pub async fn queues(&self, topic: &TopicName) -> Result<Vec<QueueRef>, ClientError> {
-        self.client.queues(topic, false).await
+        self.client
+            .queues(topic, false)
+            .await
+            .map(|q| q.as_ref().clone())
     }
 
     /// Fetches from `offset`, waiting up to `max_wait` at the end of the queue.
@@ -176,7 +179,9 @@ pub enum ConsumeResult {
 /// How messages reach the listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumeOrder {
-    /// Up to this many messages of a queue at once, in any order.
+    /// Queues are consumed side by side, and a message the listener wants
+    /// again is retried on its own while its queue goes on (up to this many
+    /// retries of a queue at once; the commit point stays below them).
     Concurrent(usize),
     /// One message of a queue at a time, strictly in order; a retry blocks
     /// the queue until it succeeds.
@@ -615,6 +620,16 @@ impl PushConsumer {
                 if skip {
                     continue;
                 }
+                // The listener is synchronous: call it here. Only a message
+                // it wants again later is kept (in flight, below the
+                // commit point) and retried in its own task, up to
+                // `concurrency` at once; in orderly mode the queue waits.
+                let Some(listener) = self.inner.listener.borrow().clone() else {
+                    break;
+                };
+                if listener(&m) == ConsumeResult::Success {
+                    continue;
+                }
                 st.in_flight.borrow_mut().insert(m.offset);
                 st.cached_messages.set(st.cached_messages.get() + 1);
                 st.cached_bytes.set(st.cached_bytes.get() + m.body.len());
@@ -623,7 +638,7 @@ impl PushConsumer {
                 let st2 = st.clone();
                 let slots2 = slots.clone();
                 let task = async move {
-                    me.deliver(m, &st2).await;
+                    me.retry(m, &st2).await;
                     slots2.release();
                 };
                 if concurrency == 1 {
@@ -636,20 +651,20 @@ impl PushConsumer {
         }
     }
 
-    async fn deliver(&self, mut m: MessageView, st: &QueueState) {
+    /// Delivers a message the listener asked to see again, after the retry
+    /// delay, until it succeeds; then its offset may be committed.
+    async fn retry(&self, mut m: MessageView, st: &QueueState) {
         let Some(listener) = self.inner.listener.borrow().clone() else {
             return;
         };
         loop {
+            m.reconsume_times += 1;
+            monoio::time::sleep(self.inner.cfg.retry_delay).await;
             if self.inner.stopped.get() || st.stop.get() {
                 return; // not succeeded: not committed; redelivered elsewhere
             }
-            match listener(&m) {
-                ConsumeResult::Success => break,
-                ConsumeResult::RetryLater => {
-                    m.reconsume_times += 1;
-                    monoio::time::sleep(self.inner.cfg.retry_delay).await;
-                }
+            if listener(&m) == ConsumeResult::Success {
+                break;
             }
         }
         st.in_flight.borrow_mut().remove(&m.offset);

@@ -460,8 +460,8 @@ fn a_restarted_consumer_resumes_at_its_committed_offset_and_tags_filter() {
         loop {
             consumer.commit_all().await;
             let mut all = true;
-            for q in probe.queues(&topic, false).await.unwrap() {
-                all &= probe.committed_offset(&group, &q).await.unwrap() == Some(50);
+            for q in probe.queues(&topic, false).await.unwrap().iter() {
+                all &= probe.committed_offset(&group, q).await.unwrap() == Some(50);
             }
             if all {
                 break;
@@ -537,7 +537,7 @@ fn retry_later_redelivers_and_never_commits_past_it() {
         );
         assert!(wait_until(Duration::from_secs(5), || attempts.borrow().len() == 10).await);
         consumer.commit_all().await;
-        let q = cl.queues(&topic, false).await.unwrap().remove(0);
+        let q = cl.queues(&topic, false).await.unwrap()[0].clone();
         assert_eq!(
             cl.committed_offset(&GroupName::new("retry-g").unwrap(), &q)
                 .await
