@@ -70,6 +70,10 @@ struct RunArgs {
     /// Record every acknowledged message (`producer seq` lines; one topic).
     #[arg(long, value_name = "FILE")]
     ack_log: Option<PathBuf>,
+    /// Run this many times (a fresh embedded broker each time) and add a
+    /// median (min-max) summary.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
@@ -95,7 +99,7 @@ fn run(
     broker_pid: Option<u32>,
     opts: RunOptions,
     common: &Common,
-) -> Result<bool, String> {
+) -> Result<(bool, report::Summary), String> {
     let embedded = if namesrv.is_empty() {
         eprintln!(
             "starting an embedded name server and broker ({} shard(s), {} flush)",
@@ -156,7 +160,48 @@ fn run(
     if lost > 0 {
         eprintln!("verify: {lost} acknowledged messages were not consumed");
     }
-    Ok(lost == 0)
+    Ok((lost == 0, summary))
+}
+
+/// Median (min-max) of repeated runs, printed and (with --report) written.
+fn repeat_summary(w: &Workload, common: &Common, runs: &[report::Summary]) -> Result<(), String> {
+    let spread = |f: &dyn Fn(&report::Summary) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let mut md = String::from("| figure | median | min | max |\n|---|---:|---:|---:|\n");
+    type Figure<'a> = (&'a str, &'a dyn Fn(&report::Summary) -> f64);
+    let rows: [Figure; 8] = [
+        ("published msg/s", &|s| s.msgs_per_s),
+        ("published MB/s", &|s| s.mb_per_s),
+        ("received msg/s", &|s| s.received_per_s),
+        ("publish p50 ms", &|s| s.publish.p50 as f64 / 1000.0),
+        ("publish p99 ms", &|s| s.publish.p99 as f64 / 1000.0),
+        ("publish p99.9 ms", &|s| s.publish.p999 as f64 / 1000.0),
+        ("end-to-end p99 ms", &|s| s.e2e.p99 as f64 / 1000.0),
+        ("broker CPU µs/msg", &|s| {
+            s.broker_cpu_us_per_msg.unwrap_or(f64::NAN)
+        }),
+    ];
+    let mut json_rows = Vec::new();
+    for (name, f) in rows {
+        let (m, lo, hi) = spread(f);
+        md += &format!("| {name} | {m:.3} | {lo:.3} | {hi:.3} |\n");
+        json_rows.push(json!({"figure": name, "median": m, "min": lo, "max": hi}));
+    }
+    println!("\n{} runs:\n{md}", runs.len());
+    if let Some(dir) = &common.report {
+        report::write_compare(
+            dir,
+            &format!("{}-x{}", common.name, runs.len()),
+            w,
+            &md,
+            json!(json_rows),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 fn peer_kind(name: &str) -> Option<ringmq_loadgen::peers::PeerKind> {
@@ -331,6 +376,7 @@ fn main() -> ExitCode {
                 },
                 &common,
             )
+            .map(|(ok, _)| ok)
         }
         Command::Run(args) => match Workload::resolve(&args.workload) {
             Err(e) => {
@@ -365,17 +411,40 @@ fn main() -> ExitCode {
                         }
                     };
                 }
-                run(
-                    w,
-                    args.namesrv,
-                    args.broker_pid,
-                    RunOptions {
-                        verify: args.verify,
-                        ack_log: args.ack_log,
-                        progress: true,
-                    },
-                    &args.common,
-                )
+                let mut ok = true;
+                let mut runs = Vec::new();
+                for i in 0..args.repeat.max(1) {
+                    if args.repeat > 1 {
+                        eprintln!("repeat {}/{}", i + 1, args.repeat);
+                    }
+                    match run(
+                        w.clone(),
+                        args.namesrv.clone(),
+                        args.broker_pid,
+                        RunOptions {
+                            verify: args.verify,
+                            ack_log: args.ack_log.clone(),
+                            progress: true,
+                        },
+                        &args.common,
+                    ) {
+                        Ok((good, s)) => {
+                            ok &= good;
+                            runs.push(s);
+                        }
+                        Err(e) => {
+                            eprintln!("ringmq-loadgen: {e}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                }
+                if runs.len() > 1 {
+                    if let Err(e) = repeat_summary(&w, &args.common, &runs) {
+                        eprintln!("ringmq-loadgen: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+                Ok(ok)
             }
         },
         Command::Compare(args) => compare(&args),

@@ -21,6 +21,21 @@ pub struct Summary {
     pub mb_per_s: f64,
     pub received_per_s: f64,
     pub broker_cpu_us_per_msg: Option<f64>,
+    /// Peak RSS of this process (the broker's and loadgen's when embedded), MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// This process's peak resident set, MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
 pub fn summarize(w: &Workload, out: &RunOutput) -> Summary {
@@ -36,6 +51,7 @@ pub fn summarize(w: &Workload, out: &RunOutput) -> Summary {
             .broker_cpu_secs
             .filter(|_| r.measured_sent > 0)
             .map(|c| c * 1e6 / r.measured_sent as f64),
+        peak_rss_mib: peak_rss_mib(),
     }
 }
 
@@ -61,13 +77,14 @@ pub fn table(w: &Workload, s: &Summary, out: &RunOutput) -> String {
         );
     }
     t += &format!(
-        "\n| rate | value |\n|---|---:|\n| published msg/s | {:.0} |\n| published MB/s | {:.1} |\n| received msg/s | {:.0} |\n| broker CPU µs per message | {} |\n| failed sends | {} |\n",
+        "\n| rate | value |\n|---|---:|\n| published msg/s | {:.0} |\n| published MB/s | {:.1} |\n| received msg/s | {:.0} |\n| broker CPU µs per message | {} |\n| failed sends | {} |\n| peak RSS MiB (broker + loadgen when embedded) | {} |\n",
         s.msgs_per_s,
         s.mb_per_s,
         s.received_per_s,
         s.broker_cpu_us_per_msg
             .map_or_else(|| "n/a".into(), |c| format!("{c:.2}")),
         out.recorder.failed,
+        s.peak_rss_mib.map_or_else(|| "n/a".into(), |m| format!("{m:.0}")),
     );
     if let Some(f) = out.backlog_fill_secs {
         t += &format!(
@@ -273,6 +290,7 @@ pub fn write(
         "published_mb_per_s": s.mb_per_s,
         "received_msgs_per_s": s.received_per_s,
         "broker_cpu_us_per_msg": s.broker_cpu_us_per_msg,
+        "peak_rss_mib": s.peak_rss_mib,
         "failed": out.recorder.failed,
         "backlog_fill_s": out.backlog_fill_secs,
         "drain_s": out.drain_secs,

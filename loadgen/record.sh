@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Records issue #7's benchmark results into bench-results/ (about 40 minutes):
+#   1. max throughput, async, 100 B and 1 KiB, 1 topic x 8 queues, 2 shards
+#   2. latency at 50 % of that maximum
+#   3. the same with sync flush
+#   4. compare with NATS JetStream and Redis Streams (installed if missing)
+#   5. backlog: BACKLOG (default 100M) x 100 B stored, then a fixed rate while
+#      a consumer group catches up from offset 0, next to the same rate without
+# Every figure is 3 runs (median, min, max). Nothing else should run meanwhile.
+# Usage: loadgen/record.sh [only-step ...]   (steps: max latency sync compare backlog)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(max latency sync compare backlog)
+want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
+if want compare && ! command -v nats-server >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nats-server redis-server redis-tools
+fi
+cargo build --release -p ringmq-loadgen
+lg=target/release/ringmq-loadgen
+common=(--shards 2 --topics 1 --queues 8 --producers 1 --groups 1 --consumers 1 --warmup 3 --duration 10 --report bench-results --repeat 3)
+median_rate() { # the median published msg/s of the last repeat summary for a name
+    local f; f=$(ls -t bench-results/compare-"$1"-x3-*.json | head -1)
+    python3 -c "import json,sys; r=json.load(open('$f'))['rows']; print(int([x for x in r if x['figure']=='published msg/s'][0]['median']))"
+}
+for flush in async sync; do
+    [ "$flush" = async ] && ! want max && ! want latency && continue
+    [ "$flush" = sync ] && ! want sync && continue
+    for size in 100 1024; do
+        name="max-$flush-${size}B"
+        $lg run "${common[@]}" --flush "$flush" --size "$size" --rate 0 --name "$name"
+        rate=$(( $(median_rate "$name") / 2 ))
+        $lg run "${common[@]}" --flush "$flush" --size "$size" --rate "$rate" --name "half-$flush-${size}B"
+    done
+done
+if want compare; then
+    for size in 100 1024; do
+        $lg compare --rounds 3 --shards 2 --queues 8 --size "$size" --rate 0 --warmup 3 --duration 10 \
+            --window 256 --report bench-results --name "peers-async-${size}B"
+    done
+fi
+if want backlog; then
+    backlog=${BACKLOG:-100000000}
+    $lg run --shards 2 --queues 8 --size 100 --rate 50000 --warmup 3 --duration 30 --report bench-results --name backlog-baseline-50k
+    $lg run --shards 2 --queues 8 --size 100 --rate 50000 --warmup 0 --duration 600 --backlog "$backlog" \
+        --report bench-results --name "backlog-${backlog}-50k"
+fi
