@@ -41,6 +41,6 @@ fi
 if want backlog; then
     backlog=${BACKLOG:-100000000}
     $lg run --shards 2 --queues 8 --size 100 --rate 50000 --warmup 3 --duration 30 --report bench-results --name backlog-baseline-50k
-    $lg run --shards 2 --queues 8 --size 100 --rate 50000 --warmup 0 --duration 600 --backlog "$backlog" \
+    $lg run --shards 2 --queues 8 --size 100 --rate 50000 --warmup 0 --duration 420 --backlog "$backlog" \
         --report bench-results --name "backlog-${backlog}-50k"
 fi

@@ -47,9 +47,12 @@ impl Stamp {
     }
 }
 
-/// A latency histogram in µs, 1 µs to 60 s, 3 significant digits.
+/// Largest latency a histogram holds: an hour, in µs.
+pub const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// A latency histogram in µs, 1 µs to an hour, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!())
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).unwrap_or_else(|_| unreachable!())
 }
 
 /// One second of the run.
@@ -111,7 +114,10 @@ impl Recorder {
     }
 
     pub fn on_ack(&mut self, stamp: Stamp, size: usize) {
-        let lat = self.now_us().saturating_sub(stamp.sent_us).max(1);
+        let lat = self
+            .now_us()
+            .saturating_sub(stamp.sent_us)
+            .clamp(1, MAX_LATENCY_US);
         self.acked += 1;
         if let Some(v) = self.verify.as_mut() {
             set_bit(v.acked.entry(stamp.producer).or_default(), stamp.seq);
@@ -125,7 +131,11 @@ impl Recorder {
     }
 
     pub fn on_receive(&mut self, queue: &str, stamp: Stamp) {
-        let lat = self.now_us().saturating_sub(stamp.sent_us).max(1);
+        // Messages older than the histogram's range (a backlog) count at its top.
+        let lat = self
+            .now_us()
+            .saturating_sub(stamp.sent_us)
+            .clamp(1, MAX_LATENCY_US);
         self.received += 1;
         let _ = self.interval_e2e.record(lat);
         if self.measuring {

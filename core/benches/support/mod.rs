@@ -60,8 +60,20 @@ pub fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
 pub fn git_commit() -> String {
     let commit = command_output("git", &["rev-parse", "--short=12", "HEAD"])
         .unwrap_or_else(|| "unknown".into());
-    let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.is_empty());
+    // Results written by earlier runs (and their index) do not make the
+    // code under test dirty.
+    let dirty = command_output(
+        "git",
+        &[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!bench-results",
+        ],
+    )
+    .is_some_and(|s| !s.is_empty());
     if dirty {
         format!("{commit}-dirty")
     } else {
