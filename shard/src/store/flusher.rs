@@ -66,6 +66,9 @@ impl WritesInFlight {
     }
 }
 
+/// Unused capacity a cached round may keep before it is copied to size.
+const SMALL_ROUND_SLACK: usize = 64 * 1024;
+
 /// fdatasyncs in flight at once: while one runs, the next round is written
 /// and its fdatasync queued, so writing and syncing overlap instead of
 /// alternating.
@@ -194,7 +197,15 @@ impl<D: Disk> Flusher<D> {
         };
         let max_write = inner.cfg.max_write_bytes.max(BLOCK_BYTES as usize);
         for chunk in chunks {
-            let data = chunk.data.freeze();
+            // A chunk is allocated for a full round (4 MiB) but a quiet round
+            // holds little. The tail cache counts bytes, not allocations, so
+            // a small round is copied to its own size rather than pin a
+            // mostly empty 4 MiB buffer for as long as it is cached.
+            let data = if chunk.data.capacity() > 2 * chunk.data.len() + SMALL_ROUND_SLACK {
+                bytes::Bytes::copy_from_slice(&chunk.data)
+            } else {
+                chunk.data.freeze()
+            };
             inner.state.borrow_mut().tail.push(chunk.pos, data.clone());
             let mut at = 0;
             while at < data.len() {
