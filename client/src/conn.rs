@@ -39,9 +39,16 @@ impl LocalSemaphore {
 
     /// Waits for one permit; give it back with [`LocalSemaphore::release`].
     pub(crate) async fn acquire(&self) {
+        self.acquire_many(1).await;
+    }
+
+    /// Waits until `n` permits are free and takes them together (a caller
+    /// asking for more than the semaphore holds waits forever: callers
+    /// bound `n`).
+    pub(crate) async fn acquire_many(&self, n: usize) {
         futures::future::poll_fn(|cx| {
-            if self.free.get() > 0 {
-                self.free.set(self.free.get() - 1);
+            if self.free.get() >= n {
+                self.free.set(self.free.get() - n);
                 std::task::Poll::Ready(())
             } else {
                 self.waiters.borrow_mut().push_back(cx.waker().clone());
@@ -52,8 +59,14 @@ impl LocalSemaphore {
     }
 
     pub(crate) fn release(&self) {
-        self.free.set(self.free.get() + 1);
-        if let Some(w) = self.waiters.borrow_mut().pop_front() {
+        self.release_many(1);
+    }
+
+    /// Gives back `n` permits and wakes the waiters (each checks its own need).
+    pub(crate) fn release_many(&self, n: usize) {
+        self.free.set(self.free.get() + n);
+        let waiters: Vec<Waker> = self.waiters.borrow_mut().drain(..).collect();
+        for w in waiters {
             w.wake();
         }
     }

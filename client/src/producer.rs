@@ -137,7 +137,7 @@ struct Inner {
     cfg: ProducerConfig,
     open: RefCell<HashMap<QueueRef, Open>>,
     rr: Cell<usize>,
-    buffered: Cell<usize>,
+    /// Buffered bytes not yet acknowledged, one permit per KiB.
     room: crate::conn::LocalSemaphore,
 }
 
@@ -147,6 +147,11 @@ pub struct Producer {
     inner: Rc<Inner>,
 }
 
+/// Buffer permits (KiB) a message of `size` bytes holds.
+fn permits_for(size: usize) -> usize {
+    size.div_ceil(1024)
+}
+
 fn key_hash(key: &[u8]) -> usize {
     crc32c::crc32c(key) as usize
 }
@@ -154,15 +159,13 @@ fn key_hash(key: &[u8]) -> usize {
 impl Producer {
     /// A producer using `client`.
     pub fn new(client: &Client, cfg: ProducerConfig) -> Self {
-        // One permit per KiB of buffered bytes.
-        let permits = (cfg.max_buffered_bytes / 1024).max(1);
+        let permits = permits_for(cfg.max_buffered_bytes).max(1);
         Self {
             inner: Rc::new(Inner {
                 client: client.clone(),
                 cfg,
                 open: RefCell::new(HashMap::new()),
                 rr: Cell::new(0),
-                buffered: Cell::new(0),
                 room: crate::conn::LocalSemaphore::new(permits),
             }),
         }
@@ -251,10 +254,7 @@ impl Producer {
                 "message of {size} bytes is over the buffer"
             )));
         }
-        for _ in 0..size.div_ceil(1024) {
-            self.inner.room.acquire().await;
-        }
-        self.inner.buffered.set(self.inner.buffered.get() + size);
+        self.inner.room.acquire_many(permits_for(size)).await;
         let q = match self.pick(topic, &msg, None).await {
             Ok(q) => q,
             Err(e) => {
@@ -307,12 +307,7 @@ impl Producer {
 
     /// Gives back what [`Producer::enqueue`] took for one message of `size`.
     fn release(&self, size: usize) {
-        self.inner
-            .buffered
-            .set(self.inner.buffered.get().saturating_sub(size));
-        for _ in 0..size.div_ceil(1024) {
-            self.inner.room.release();
-        }
+        self.inner.room.release_many(permits_for(size));
     }
 
     /// Sends every open batch now.
