@@ -113,7 +113,7 @@ fn two_brokers_route_every_shard_and_a_killed_one_leaves_the_routes() {
 }
 
 #[test]
-fn a_restarted_name_server_is_repopulated_and_clients_fail_over() {
+fn a_restarted_name_server_is_repopulated_by_the_brokers() {
     let ns1 = namesrv();
     let ns2 = namesrv();
     let list = format!("{},{}", ns1.addr, ns2.addr);
@@ -134,26 +134,13 @@ fn a_restarted_name_server_is_repopulated_and_clients_fail_over() {
         route(addr1, "events").is_ok()
     });
     assert!(refilled.is_some(), "restarted name server repopulated");
-    // Kill ns1 for good: a client given both keeps working through ns2.
+    // (Client failover between name servers is tested with the real client
+    // in client/tests/client.rs.)
     ns1.shutdown();
     ns1.join().unwrap();
-    let client = ringmq_client_like_failover(&[addr1, ns2.addr]);
-    assert_eq!(client.brokers[0].broker_name, "a");
     drop(a);
     ns2.shutdown();
     ns2.join().unwrap();
-}
-
-/// What a client with several name servers does: the first that answers.
-fn ringmq_client_like_failover(addrs: &[SocketAddr]) -> TopicRoute {
-    for a in addrs {
-        if std::net::TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok() {
-            if let Ok(r) = route(*a, "events") {
-                return r;
-            }
-        }
-    }
-    panic!("no name server answered");
 }
 
 #[test]
@@ -204,7 +191,14 @@ fn malformed_requests_get_errors_and_the_name_server_keeps_serving() {
 
 #[test]
 fn a_hundred_thousand_topics_of_eight_queues_register_in_chunks_and_route() {
-    let ns = namesrv();
+    // This "broker" never heartbeats: a long interval keeps it from
+    // expiring while a slow (debug, loaded) machine queries its routes.
+    let ns = ringmq_namesrv::start(NamesrvConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        heartbeat_interval: Duration::from_secs(60),
+        cpu: None,
+    })
+    .unwrap();
     let mut c = Client::connect(ns.addr);
     let topics: Vec<TopicDescription> = (0..100_000)
         .map(|i| TopicDescription {
