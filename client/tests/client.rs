@@ -607,3 +607,54 @@ fn a_broker_restart_mid_stream_loses_nothing_acknowledged() {
         acked.borrow().len()
     );
 }
+
+#[test]
+fn a_client_with_two_name_servers_keeps_working_when_one_is_killed() {
+    let mut c = Cluster::start();
+    let ns2 = ringmq_namesrv::start(NamesrvConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        heartbeat_interval: Duration::from_millis(300),
+        cpu: None,
+    })
+    .unwrap();
+    // Restart the broker registered with both name servers.
+    c.cfg.namesrv.push(ns2.addr.to_string());
+    c.restart_broker();
+    c.create_topic("failover", 2);
+    let (ns1, ns2_addr) = (c.namesrv(), ns2.addr.to_string());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut n = AdminConn::connect(&ns2_addr, Duration::from_secs(2)).unwrap();
+        let routed = n.call(ringmq_core::messages::QueryRouteRequest {
+            topic: TopicName::new("failover").unwrap(),
+        });
+        if routed.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "second name server never got the route"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first name server in the client's list dies.
+    let first = c.ns.take().unwrap();
+    first.shutdown();
+    first.join().unwrap();
+    block_on(async move {
+        let mut cfg = ClientConfig::new([ns1, ns2_addr]);
+        cfg.client_id = "failover".into();
+        let client = Client::new(cfg).unwrap();
+        let producer = Producer::new(&client, ProducerConfig::default());
+        let r = producer
+            .send(
+                &TopicName::new("failover").unwrap(),
+                Message::new("still here"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.offset, 0);
+    });
+    ns2.shutdown();
+    ns2.join().unwrap();
+}
