@@ -104,17 +104,18 @@ async fn create_topics(client: &Client, w: &Workload, names: &[TopicName]) -> Re
     Ok(())
 }
 
-struct Producing {
-    stop: Cell<bool>,
+/// Shared by a run's producers: stop, a message budget, messages in flight.
+pub(crate) struct Producing {
+    pub(crate) stop: Cell<bool>,
     /// Messages to send before stopping, if counted.
     remaining: Cell<Option<u64>>,
-    in_flight: Cell<u64>,
+    pub(crate) in_flight: Cell<u64>,
     /// Producers waiting for room in their window.
     waiting: RefCell<Vec<std::task::Waker>>,
 }
 
 impl Producing {
-    fn new(remaining: Option<u64>) -> Self {
+    pub(crate) fn new(remaining: Option<u64>) -> Self {
         Self {
             stop: Cell::new(false),
             remaining: Cell::new(remaining),
@@ -124,7 +125,7 @@ impl Producing {
     }
 
     /// One message left flight: wake producers waiting for room.
-    fn landed(&self) {
+    pub(crate) fn landed(&self) {
         self.in_flight.set(self.in_flight.get() - 1);
         for w in self.waiting.borrow_mut().drain(..) {
             w.wake();
@@ -142,6 +143,48 @@ impl Producing {
             }
         })
         .await;
+    }
+}
+
+/// When each message of one producer is due: on a schedule at `rate`
+/// msg/s (latency then counts from the intended time, so a stall cannot
+/// hide), or with rate 0 as soon as fewer than `window` are in flight.
+pub(crate) struct Pacer {
+    start_us: u64,
+    interval_ns: u64,
+    window: u64,
+}
+
+impl Pacer {
+    pub(crate) fn new(rec: &RefCell<Recorder>, rate: u64, window: usize) -> Self {
+        Self {
+            start_us: rec.borrow().now_us(),
+            interval_ns: 1_000_000_000u64.checked_div(rate).unwrap_or(0),
+            window: window as u64,
+        }
+    }
+
+    /// Waits until message `seq` is due; returns its intended send time (µs).
+    pub(crate) async fn due(&self, seq: u64, rec: &RefCell<Recorder>, ctl: &Producing) -> u64 {
+        if self.interval_ns > 0 {
+            let at = self.start_us + seq * self.interval_ns / 1000;
+            let now = rec.borrow().now_us();
+            if at > now {
+                monoio::time::sleep(Duration::from_micros(at - now)).await;
+            }
+            at
+        } else {
+            ctl.room(self.window).await;
+            rec.borrow().now_us()
+        }
+    }
+
+    /// After message `seq` went out: at full speed, lets acknowledgements
+    /// and consumers run every 256 sends.
+    pub(crate) async fn sent(&self, seq: u64) {
+        if self.interval_ns == 0 && (seq + 1).is_multiple_of(256) {
+            ringmq_client::yield_now().await;
+        }
     }
 }
 
@@ -168,14 +211,8 @@ async fn produce(
 ) {
     let keys = w.key_mode().unwrap_or(Keys::None);
     let rnd = Cell::new(0x9e37_79b9_7f4a_7c15 ^ u64::from(id + 1).wrapping_mul(0x2545_f491));
-    let interval_ns = if rate == 0 {
-        0
-    } else {
-        1_000_000_000 / rate.max(1)
-    };
-    let start_us = rec.borrow().now_us();
+    let pacer = Pacer::new(&rec, rate, w.window);
     let mut seq = 0u64;
-    let window = w.window as u64;
     while !ctl.stop.get() {
         if let Some(left) = ctl.remaining.get() {
             if left == 0 {
@@ -183,17 +220,7 @@ async fn produce(
             }
             ctl.remaining.set(Some(left - 1));
         }
-        let intended_us = if interval_ns > 0 {
-            let at = start_us + seq * interval_ns / 1000;
-            let now = rec.borrow().now_us();
-            if at > now {
-                monoio::time::sleep(Duration::from_micros(at - now)).await;
-            }
-            at
-        } else {
-            ctl.room(window).await;
-            rec.borrow().now_us()
-        };
+        let intended_us = pacer.due(seq, &rec, &ctl).await;
         let stamp = Stamp {
             producer: id,
             seq,
@@ -237,11 +264,8 @@ async fn produce(
             }
             ctl2.landed();
         });
+        pacer.sent(seq).await;
         seq += 1;
-        if interval_ns == 0 && seq.is_multiple_of(256) {
-            // Let acks and consumers run between bursts.
-            ringmq_client::yield_now().await;
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! [`Peer`] starts and stops the Debian-packaged servers as described in
 //! `../shared/peers/README.md`.
 
-use crate::driver::RunOutput;
+use crate::driver::{Pacer, Producing, RunOutput};
 use crate::stats::{Recorder, Stamp};
 use crate::workload::Workload;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
@@ -482,38 +482,15 @@ impl Nats {
 // ---- the run -----------------------------------------------------------------
 
 /// Sends on the schedule, `send` resolving when the peer acknowledged.
-async fn produce_loop<F, Fut>(
-    rec: Rc<RefCell<Recorder>>,
-    w: Workload,
-    stop: Rc<Cell<bool>>,
-    in_flight: Rc<Cell<u64>>,
-    send: F,
-) where
+async fn produce_loop<F, Fut>(rec: Rc<RefCell<Recorder>>, w: Workload, ctl: Rc<Producing>, send: F)
+where
     F: Fn(u32, Vec<u8>) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>> + 'static,
 {
-    let rate = w.rate;
-    let interval_ns = if rate == 0 {
-        0
-    } else {
-        1_000_000_000 / rate.max(1)
-    };
-    let start_us = rec.borrow().now_us();
+    let pacer = Pacer::new(&rec, w.rate, w.window);
     let mut seq = 0u64;
-    while !stop.get() {
-        let intended = if interval_ns > 0 {
-            let at = start_us + seq * interval_ns / 1000;
-            let now = rec.borrow().now_us();
-            if at > now {
-                monoio::time::sleep(Duration::from_micros(at - now)).await;
-            }
-            at
-        } else {
-            while in_flight.get() >= w.window as u64 {
-                monoio::time::sleep(Duration::from_millis(1)).await;
-            }
-            rec.borrow().now_us()
-        };
+    while !ctl.stop.get() {
+        let intended = pacer.due(seq, &rec, &ctl).await;
         let stamp = Stamp {
             producer: 0,
             seq,
@@ -521,8 +498,8 @@ async fn produce_loop<F, Fut>(
         };
         let fut = send((seq % u64::from(w.queues)) as u32, stamp.payload(w.size));
         rec.borrow_mut().sent += 1;
-        in_flight.set(in_flight.get() + 1);
-        let (rec2, in2, size) = (rec.clone(), in_flight.clone(), w.size);
+        ctl.in_flight.set(ctl.in_flight.get() + 1);
+        let (rec2, ctl2, size) = (rec.clone(), ctl.clone(), w.size);
         monoio::spawn(async move {
             match fut.await {
                 Ok(()) => rec2.borrow_mut().on_ack(stamp, size),
@@ -531,12 +508,10 @@ async fn produce_loop<F, Fut>(
                     rec2.borrow_mut().failed += 1;
                 }
             }
-            in2.set(in2.get() - 1);
+            ctl2.landed();
         });
+        pacer.sent(seq).await;
         seq += 1;
-        if interval_ns == 0 && seq.is_multiple_of(256) {
-            ringmq_client::yield_now().await;
-        }
     }
 }
 
@@ -547,8 +522,7 @@ pub fn run(peer: &Peer, w: &Workload) -> Result<RunOutput, String> {
     let pid = peer.pid;
     let out = rt.block_on(async {
         let rec = Rc::new(RefCell::new(Recorder::new(false)));
-        let stop = Rc::new(Cell::new(false));
-        let in_flight = Rc::new(Cell::new(0u64));
+        let ctl = Rc::new(Producing::new(None));
         let tag = format!("{:x}", Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
         let producer_task;
         let consumer_task;
@@ -570,9 +544,9 @@ pub fn run(peer: &Peer, w: &Workload) -> Result<RunOutput, String> {
                 }
                 let streams = Rc::new(streams);
                 keep_redis = Some(prod.clone());
-                let (rec2, stop2, in2, s2) = (rec.clone(), stop.clone(), in_flight.clone(), streams.clone());
+                let (rec2, ctl2, s2) = (rec.clone(), ctl.clone(), streams.clone());
                 let p = prod.clone();
-                producer_task = monoio::spawn(produce_loop(rec2, w.clone(), stop2, in2, move |q, payload| {
+                producer_task = monoio::spawn(produce_loop(rec2, w.clone(), ctl2, move |q, payload| {
                     let rx = p.call(&[b"XADD", s2[q as usize].as_bytes(), b"*", b"d", &payload]);
                     async move {
                         match rx.await {
@@ -583,7 +557,7 @@ pub fn run(peer: &Peer, w: &Workload) -> Result<RunOutput, String> {
                     }
                 }));
                 let cons = Redis::connect(&peer.addr).await?;
-                let (rec3, stop3) = (rec.clone(), stop.clone());
+                let (rec3, ctl3) = (rec.clone(), ctl.clone());
                 consumer_task = monoio::spawn(async move {
                     let mut args: Vec<Vec<u8>> = ["XREADGROUP", "GROUP", "g", "c", "COUNT", "1000", "BLOCK", "200", "STREAMS"]
                         .iter()
@@ -591,11 +565,11 @@ pub fn run(peer: &Peer, w: &Workload) -> Result<RunOutput, String> {
                         .collect();
                     args.extend(streams.iter().map(|s| s.as_bytes().to_vec()));
                     args.extend(streams.iter().map(|_| b">".to_vec()));
-                    while !stop3.get() || rec3.borrow().received < rec3.borrow().acked {
+                    while !ctl3.stop.get() || rec3.borrow().received < rec3.borrow().acked {
                         let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
                         let Ok(reply) = cons.call(&refs).await else { break };
                         let Resp::Array(Some(per_stream)) = reply else {
-                            if stop3.get() {
+                            if ctl3.stop.get() {
                                 break;
                             }
                             continue;
@@ -651,10 +625,10 @@ pub fn run(peer: &Peer, w: &Workload) -> Result<RunOutput, String> {
                     return Err(format!("consumer create: {}", String::from_utf8_lossy(&reply)));
                 }
                 keep_nats = Some(prod.clone());
-                let (rec2, stop2, in2) = (rec.clone(), stop.clone(), in_flight.clone());
+                let (rec2, ctl2) = (rec.clone(), ctl.clone());
                 let p = prod.clone();
                 let tag2 = tag.clone();
-                producer_task = monoio::spawn(produce_loop(rec2, w.clone(), stop2, in2, move |q, payload| {
+                producer_task = monoio::spawn(produce_loop(rec2, w.clone(), ctl2, move |q, payload| {
                     let rx = p.request(&format!("lg{tag2}.{q}"), &payload);
                     async move {
                         match rx.await {
@@ -667,10 +641,10 @@ pub fn run(peer: &Peer, w: &Workload) -> Result<RunOutput, String> {
                 let cons = Nats::connect(&peer.addr).await?;
                 let deliver = format!("lgdeliver{tag}");
                 cons.wire.send(format!("SUB {deliver} 2\r\n").as_bytes());
-                let (rec3, stop3) = (rec.clone(), stop.clone());
+                let (rec3, ctl3) = (rec.clone(), ctl.clone());
                 consumer_task = monoio::spawn(async move {
                     let next = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.g");
-                    while !stop3.get() || rec3.borrow().received < rec3.borrow().acked {
+                    while !ctl3.stop.get() || rec3.borrow().received < rec3.borrow().acked {
                         let want = 1000;
                         let body = format!("{{\"batch\":{want},\"expires\":200000000}}");
                         let mut hdr = format!("PUB {next} {deliver} {}\r\n", body.len()).into_bytes();
@@ -740,10 +714,10 @@ pub fn run(peer: &Peer, w: &Workload) -> Result<RunOutput, String> {
             _ => None,
         };
         rec.borrow_mut().measuring = false;
-        stop.set(true);
+        ctl.stop.set(true);
         producer_task.await;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while (in_flight.get() > 0 || rec.borrow().received < rec.borrow().acked) && Instant::now() < deadline {
+        while (ctl.in_flight.get() > 0 || rec.borrow().received < rec.borrow().acked) && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(20)).await;
         }
         drop(consumer_task);
