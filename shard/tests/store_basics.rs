@@ -59,12 +59,10 @@ fn append_fetch_across_segments_and_restarts() {
 fn sync_mode_survives_a_crash_and_async_keeps_a_prefix() {
     for flush in [FlushMode::Sync, FlushMode::Async] {
         run(move || async move {
-            let disk = MemDisk::new();
             let mut cfg = small_config("/data");
             cfg.flush = flush;
             cfg.flush_interval_ms = 3_600_000;
-            let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
-            let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+            let (disk, store, q) = fresh_store(cfg.clone()).await;
             let mut acked = Vec::new();
             // Concurrent appends share flush rounds (group commit).
             for round in 0..10u64 {
@@ -95,11 +93,9 @@ fn sync_mode_survives_a_crash_and_async_keeps_a_prefix() {
 #[test]
 fn corruption_cuts_at_the_first_bad_batch_and_serves_what_is_before() {
     run(|| async {
-        let disk = MemDisk::new();
         let mut cfg = small_config("/data");
         cfg.flush = FlushMode::Sync;
-        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
-        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let (disk, store, q) = fresh_store(cfg.clone()).await;
         let mut positions = Vec::new();
         let mut all = Vec::new();
         for i in 0..10u64 {
@@ -150,11 +146,9 @@ fn corruption_cuts_at_the_first_bad_batch_and_serves_what_is_before() {
 #[test]
 fn a_failed_fsync_poisons_the_store() {
     run(|| async {
-        let disk = MemDisk::new();
         let mut cfg = small_config("/data");
         cfg.flush = FlushMode::Sync;
-        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
-        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let (disk, store, q) = fresh_store(cfg.clone()).await;
         store.append(q, batch(0, &bodies(1, 1, 10))).await.unwrap();
         disk.fail(DiskOp::Sync, 0, libc::EIO);
         let err = store
@@ -196,10 +190,8 @@ fn a_failed_fsync_poisons_the_store() {
 #[test]
 fn a_full_disk_fails_the_append_and_loses_nothing() {
     run(|| async {
-        let disk = MemDisk::new();
         let cfg = small_config("/data");
-        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
-        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let (disk, store, q) = fresh_store(cfg.clone()).await;
         // Room for the two segments that exist, and a little more.
         disk.set_capacity(Some(3 * 64 * 1024));
         let mut acked = Vec::new();
@@ -305,11 +297,9 @@ fn catch_up_reads_do_not_evict_the_tail() {
 #[test]
 fn zero_filled_segments_work_like_fallocated_ones() {
     run(|| async {
-        let disk = MemDisk::new();
         let mut cfg = small_config("/data");
         cfg.segment_prepare = ringmq_shard::store::SegmentPrepare::ZeroFill;
-        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
-        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let (disk, store, q) = fresh_store(cfg.clone()).await;
         let all = append_bodies(&store, q, 0..80, 3, 500).await;
         store.close().await.unwrap();
         let (store, got) = reopen_and_read(disk, cfg).await;
