@@ -80,6 +80,12 @@ pub enum QueueSelector {
     /// The next queue each time (the default).
     #[default]
     RoundRobin,
+    /// One queue until its open batch is sent, then the next (Kafka's
+    /// sticky partitioner): messages arriving a few at a time still form
+    /// one batch per send instead of one per queue, so at low and medium
+    /// rates requests carry more and the broker does less per message.
+    /// The load still spreads over every queue, batch by batch.
+    Sticky,
     /// Hash of the message key: a key always maps to the same queue, so its
     /// messages stay in order. Retries go to the same queue.
     KeyHash,
@@ -91,6 +97,7 @@ impl std::fmt::Debug for QueueSelector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             QueueSelector::RoundRobin => f.write_str("RoundRobin"),
+            QueueSelector::Sticky => f.write_str("Sticky"),
             QueueSelector::KeyHash => f.write_str("KeyHash"),
             QueueSelector::Custom(_) => f.write_str("Custom"),
         }
@@ -137,6 +144,8 @@ struct Inner {
     cfg: ProducerConfig,
     open: RefCell<HashMap<QueueRef, Open>>,
     rr: Cell<usize>,
+    /// [`QueueSelector::Sticky`]: the queue each topic fills now.
+    sticky: RefCell<HashMap<TopicName, QueueRef>>,
     /// Buffered bytes not yet acknowledged, one permit per KiB.
     room: crate::conn::LocalSemaphore,
 }
@@ -166,6 +175,7 @@ impl Producer {
                 cfg,
                 open: RefCell::new(HashMap::new()),
                 rr: Cell::new(0),
+                sticky: RefCell::new(HashMap::new()),
                 room: crate::conn::LocalSemaphore::new(permits),
             }),
         }
@@ -191,6 +201,22 @@ impl Producer {
                     i += 1;
                 }
                 i
+            }
+            QueueSelector::Sticky => {
+                let mut sticky = self.inner.sticky.borrow_mut();
+                if let Some(q) = sticky.get(topic) {
+                    if avoid != Some(q) && qs.contains(q) {
+                        return Ok(q.clone());
+                    }
+                }
+                let mut i = self.inner.rr.get();
+                self.inner.rr.set(i.wrapping_add(1));
+                if avoid.is_some_and(|a| qs[i % qs.len()] == *a) && qs.len() > 1 {
+                    i += 1;
+                }
+                let q = qs[i % qs.len()].clone();
+                sticky.insert(topic.clone(), q.clone());
+                return Ok(q);
             }
             QueueSelector::KeyHash => key_hash(&msg.key),
             QueueSelector::Custom(f) => f(&qs, msg),
@@ -329,6 +355,13 @@ impl Producer {
             o.bytes = 0;
             std::mem::take(&mut o.messages)
         };
+        {
+            // The sticky queue's batch is leaving: the next message moves on.
+            let mut sticky = self.inner.sticky.borrow_mut();
+            if sticky.get(&q.topic) == Some(q) {
+                sticky.remove(&q.topic);
+            }
+        }
         let me = self.clone();
         let q = q.clone();
         monoio::spawn(async move { me.send_batch(q, batch).await });

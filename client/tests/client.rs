@@ -298,6 +298,61 @@ fn key_ordered_sends_are_consumed_in_order() {
 }
 
 #[test]
+fn a_sticky_producer_fills_one_queue_per_batch_and_moves_on() {
+    let c = Cluster::start();
+    c.create_topic("sticky", 4);
+    let ns = c.namesrv();
+    block_on(async move {
+        let client = client(&ns, "s1");
+        let producer = Producer::new(
+            &client,
+            ProducerConfig {
+                linger: Duration::ZERO,
+                selector: QueueSelector::Sticky,
+                ..Default::default()
+            },
+        );
+        let topic = TopicName::new("sticky").unwrap();
+        let mut batches = Vec::new();
+        // Eight rounds of 10 messages queued in one event-loop pass each.
+        for round in 0..8 {
+            let mut pending = Vec::new();
+            for i in 0..10 {
+                let m = Message::new(format!("r{round}:{i}"));
+                pending.push(producer.send_async(&topic, m).await.unwrap());
+            }
+            let mut results = Vec::new();
+            for p in pending {
+                results.push(p.await.unwrap());
+            }
+            batches.push(results);
+        }
+        let mut per_queue: BTreeMap<u32, u64> = BTreeMap::new();
+        for results in &batches {
+            let q = results[0].queue.queue_id.0;
+            assert!(
+                results.iter().all(|r| r.queue.queue_id.0 == q),
+                "one queue per batch"
+            );
+            let offsets: Vec<u64> = results.iter().map(|r| r.offset).collect();
+            let base = offsets[0];
+            assert_eq!(
+                offsets,
+                (base..base + 10).collect::<Vec<_>>(),
+                "one batch, dense"
+            );
+            *per_queue.entry(q).or_default() += 10;
+        }
+        assert_eq!(
+            per_queue.len(),
+            4,
+            "batches move over every queue: {per_queue:?}"
+        );
+        assert!(per_queue.values().all(|&n| n == 20), "{per_queue:?}");
+    });
+}
+
+#[test]
 fn a_group_of_three_shares_eight_queues_exactly_once_and_survives_a_leave() {
     let c = Cluster::start();
     c.create_topic("shared", 8);
