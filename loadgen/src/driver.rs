@@ -17,6 +17,8 @@ use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How to reach the broker under test and measure its CPU.
@@ -149,18 +151,28 @@ impl Producing {
 /// When each message of one producer is due: on a schedule at `rate`
 /// msg/s (latency then counts from the intended time, so a stall cannot
 /// hide), or with rate 0 as soon as fewer than `window` are in flight.
+///
+/// A producer wakes at most once per `pace_us`: when messages fall due
+/// faster than that, those due by a wake-up leave together (each still
+/// timed from its own intended time, so the wait counts as latency).
+/// Waking per message would send one-message requests at any rate over
+/// 10k msg/s, and each request costs the broker far more than a message.
 pub(crate) struct Pacer {
     start_us: u64,
     interval_ns: u64,
     window: u64,
+    pace_us: u64,
+    last_wake_us: Cell<u64>,
 }
 
 impl Pacer {
-    pub(crate) fn new(rec: &RefCell<Recorder>, rate: u64, window: usize) -> Self {
+    pub(crate) fn new(rec: &RefCell<Recorder>, rate: u64, w: &Workload) -> Self {
         Self {
             start_us: rec.borrow().now_us(),
             interval_ns: 1_000_000_000u64.checked_div(rate).unwrap_or(0),
-            window: window as u64,
+            window: w.window as u64,
+            pace_us: w.pace_us,
+            last_wake_us: Cell::new(0),
         }
     }
 
@@ -168,9 +180,14 @@ impl Pacer {
     pub(crate) async fn due(&self, seq: u64, rec: &RefCell<Recorder>, ctl: &Producing) -> u64 {
         if self.interval_ns > 0 {
             let at = self.start_us + seq * self.interval_ns / 1000;
-            let now = rec.borrow().now_us();
+            let (now, epoch) = {
+                let r = rec.borrow();
+                (r.now_us(), r.epoch)
+            };
             if at > now {
-                monoio::time::sleep(Duration::from_micros(at - now)).await;
+                let wake = at.max(self.last_wake_us.get() + self.pace_us);
+                crate::hrtimer::sleep_until(epoch + Duration::from_micros(wake)).await;
+                self.last_wake_us.set(wake);
             }
             at
         } else {
@@ -211,7 +228,7 @@ async fn produce(
 ) {
     let keys = w.key_mode().unwrap_or(Keys::None);
     let rnd = Cell::new(0x9e37_79b9_7f4a_7c15 ^ u64::from(id + 1).wrapping_mul(0x2545_f491));
-    let pacer = Pacer::new(&rec, rate, w.window);
+    let pacer = Pacer::new(&rec, rate, &w);
     let mut seq = 0u64;
     while !ctl.stop.get() {
         if let Some(left) = ctl.remaining.get() {
@@ -311,10 +328,10 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
                     &client,
                     ProducerConfig {
                         linger: Duration::from_micros(w.linger_us),
-                        selector: if w.key_mode() == Ok(Keys::None) {
-                            QueueSelector::RoundRobin
-                        } else {
-                            QueueSelector::KeyHash
+                        selector: match (w.key_mode(), w.spread.as_str()) {
+                            (Ok(Keys::None), "round-robin") => QueueSelector::RoundRobin,
+                            (Ok(Keys::None), _) => QueueSelector::Sticky,
+                            _ => QueueSelector::KeyHash,
                         },
                         ..Default::default()
                     },
@@ -364,56 +381,29 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
         rec.borrow_mut().publish.reset();
     }
 
-    // Consumers.
-    let mut consumers = Vec::new();
-    let mut group_names = Vec::new();
-    for g in 0..w.groups {
-        let group = format!("loadgen-{tag}-g{g}");
-        group_names.push(group.clone());
-        for c in 0..w.consumers {
-            let mut ccfg = ClientConfig::new(target.namesrv.clone());
-            ccfg.client_id = format!("loadgen-{tag}-g{g}-c{c}");
-            let cclient = Client::new(ccfg).map_err(|e| e.to_string())?;
-            let mut pcfg =
-                PushConfig::new(GroupName::new(group.clone()).map_err(|e| e.to_string())?);
-            pcfg.start = StartFrom::First;
-            pcfg.order = ConsumeOrder::Concurrent(64);
-            pcfg.rebalance_interval = Duration::from_secs(1);
-            pcfg.max_cached_messages = 100_000;
-            let consumer = PushConsumer::new(&cclient, pcfg).map_err(|e| e.to_string())?;
-            for t in topics.iter() {
-                consumer.subscribe(t, "*").map_err(|e| e.to_string())?;
-            }
-            let rec2 = rec.clone();
-            let verify = opts.verify;
-            consumer
-                .start(move |m| {
-                    if let Some(s) = Stamp::read(&m.body) {
-                        // The queue's name only matters to --verify's order check.
-                        let q = if verify {
-                            format!(
-                                "{}/{}/{}",
-                                m.queue.topic, m.queue.broker, m.queue.queue_id.0
-                            )
-                        } else {
-                            String::new()
-                        };
-                        rec2.borrow_mut().on_receive(&q, s);
-                    }
-                    ConsumeResult::Success
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            consumers.push(consumer);
-        }
-    }
+    // Consumers, on their own thread.
+    let epoch = rec.borrow().epoch;
+    let consumers = if w.groups > 0 {
+        Some(ConsumerThread::start(&w, &target.namesrv, &tag, &topics, opts.verify, epoch).await?)
+    } else {
+        None
+    };
+    let group_names: Vec<String> = (0..w.groups)
+        .map(|g| format!("loadgen-{tag}-g{g}"))
+        .collect();
     let backlog_start = w.backlog.map(|_| Instant::now());
 
     // Producers on schedule.
     let ctl = Rc::new(Producing::new(w.messages));
+    let set_measuring = |on: bool| {
+        rec.borrow_mut().measuring = on;
+        if let Some(c) = &consumers {
+            c.recorder().measuring = on;
+        }
+    };
     if w.messages.is_some() {
         // Counted runs measure from the first message.
-        rec.borrow_mut().measuring = true;
+        set_measuring(true);
     }
     let per_producer = w.rate / u64::from(w.producers);
     let mut tasks = Vec::new();
@@ -441,8 +431,9 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
         second += 1;
         let s = {
             let mut r = rec.borrow_mut();
-            let s = r.tick(second, last);
-            last = (r.acked, r.received);
+            let mut c = consumers.as_ref().map(|c| c.recorder());
+            let s = r.tick_with(second, last, c.as_deref_mut());
+            last = (r.acked, c.map_or(0, |c| c.received));
             s
         };
         if opts.progress {
@@ -461,7 +452,7 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
         }
         if w.messages.is_none() {
             if measure_started.is_none() && started.elapsed() >= Duration::from_secs(w.warmup) {
-                rec.borrow_mut().measuring = true;
+                set_measuring(true);
                 measure_started = Some(Instant::now());
                 cpu_at_start = (target.broker_cpu)();
             }
@@ -483,7 +474,7 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
-    rec.borrow_mut().measuring = false;
+    set_measuring(false);
     ctl.stop.set(true);
     for t in tasks {
         t.await;
@@ -496,29 +487,29 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     // Let consumers catch up with everything acknowledged.
-    if w.groups > 0 {
-        let want = {
-            let r = rec.borrow();
-            r.acked * u64::from(w.groups)
-        };
+    if let Some(c) = &consumers {
+        let want = rec.borrow().acked * u64::from(w.groups);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while rec.borrow().received < want && Instant::now() < deadline {
+        while c.recorder().received < want && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     if opts.progress && on_tty {
         eprintln!();
     }
-    for c in &consumers {
-        c.shutdown().await;
-    }
+    let received = match consumers {
+        Some(c) => Some(c.stop().await?),
+        None => None,
+    };
     if let Some(a) = &acks {
         let _ = a.borrow_mut().flush();
     }
-    drop(consumers);
     drop(producers);
     // Tasks that have not noticed the shutdown may still hold the recorder.
-    let recorder = std::mem::replace(&mut *rec.borrow_mut(), Recorder::new(false));
+    let mut recorder = std::mem::replace(&mut *rec.borrow_mut(), Recorder::new(false));
+    if let Some(r) = received {
+        recorder.absorb(r);
+    }
     let lost = recorder
         .verify
         .as_ref()
@@ -534,4 +525,175 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
         groups: group_names,
         lost,
     })
+}
+
+/// The push consumers of a run on a thread of their own with its own
+/// monoio runtime: receiving (and checking) every message then never
+/// delays the producers' acknowledgements or their schedule. They record
+/// into their own recorder, merged with the producers' at each tick and
+/// at the end.
+struct ConsumerThread {
+    rec: Arc<Mutex<Recorder>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl ConsumerThread {
+    /// Starts every group's consumers; returns once all have started.
+    async fn start(
+        w: &Workload,
+        namesrv: &[String],
+        tag: &str,
+        topics: &[TopicName],
+        verify: bool,
+        epoch: Instant,
+    ) -> Result<Self, String> {
+        let rec = Arc::new(Mutex::new(Recorder::with_epoch(verify, epoch)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (w2, namesrv, tag, topics) =
+            (w.clone(), namesrv.to_vec(), tag.to_owned(), topics.to_vec());
+        let (rec2, stop2) = (rec.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("loadgen-consume".into())
+            .spawn(move || -> Result<(), String> {
+                let mut rt =
+                    ringmq_client::runtime().map_err(|e| format!("monoio runtime: {e}"))?;
+                rt.block_on(async move {
+                    let consumers =
+                        match start_consumers(&w2, &namesrv, &tag, &topics, verify, &rec2).await {
+                            Ok(c) => {
+                                let _ = ready_tx.send(Ok(()));
+                                c
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e.clone()));
+                                return Err(e);
+                            }
+                        };
+                    while !stop2.load(Ordering::Relaxed) {
+                        monoio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    for c in &consumers {
+                        c.shutdown().await;
+                    }
+                    Ok(())
+                })
+            })
+            .map_err(|e| format!("consumer thread: {e}"))?;
+        let mut me = Self {
+            rec,
+            stop,
+            handle: Some(handle),
+        };
+        loop {
+            match ready_rx.try_recv() {
+                Ok(Ok(())) => return Ok(me),
+                Ok(Err(e)) => {
+                    let _ = me.join();
+                    return Err(e);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    monoio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    return Err(me
+                        .join()
+                        .err()
+                        .unwrap_or_else(|| "consumer thread ended".into()));
+                }
+            }
+        }
+    }
+
+    /// The consumers' recorder (locked).
+    fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
+        self.rec.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the consumers (committing their offsets); returns what they
+    /// recorded.
+    async fn stop(mut self) -> Result<Recorder, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        while self.handle.as_ref().is_some_and(|h| !h.is_finished()) {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.join()?;
+        let out = std::mem::replace(&mut *self.recorder(), Recorder::new(false));
+        Ok(out)
+    }
+
+    fn join(&mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err("the consumer thread panicked".into()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ConsumerThread {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}
+
+impl std::fmt::Debug for ConsumerThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerThread").finish_non_exhaustive()
+    }
+}
+
+/// Every group's push consumers, recording into `rec`.
+async fn start_consumers(
+    w: &Workload,
+    namesrv: &[String],
+    tag: &str,
+    topics: &[TopicName],
+    verify: bool,
+    rec: &Arc<Mutex<Recorder>>,
+) -> Result<Vec<PushConsumer>, String> {
+    let mut consumers = Vec::new();
+    for g in 0..w.groups {
+        let group = format!("loadgen-{tag}-g{g}");
+        for c in 0..w.consumers {
+            let mut ccfg = ClientConfig::new(namesrv.to_vec());
+            ccfg.client_id = format!("loadgen-{tag}-g{g}-c{c}");
+            let cclient = Client::new(ccfg).map_err(|e| e.to_string())?;
+            let mut pcfg =
+                PushConfig::new(GroupName::new(group.clone()).map_err(|e| e.to_string())?);
+            pcfg.start = StartFrom::First;
+            pcfg.order = ConsumeOrder::Concurrent(64);
+            pcfg.rebalance_interval = Duration::from_secs(1);
+            pcfg.max_cached_messages = 100_000;
+            let consumer = PushConsumer::new(&cclient, pcfg).map_err(|e| e.to_string())?;
+            for t in topics {
+                consumer.subscribe(t, "*").map_err(|e| e.to_string())?;
+            }
+            let rec2 = rec.clone();
+            consumer
+                .start(move |m| {
+                    if let Some(s) = Stamp::read(&m.body) {
+                        // The queue's name only matters to --verify's order check.
+                        let q = if verify {
+                            format!(
+                                "{}/{}/{}",
+                                m.queue.topic, m.queue.broker, m.queue.queue_id.0
+                            )
+                        } else {
+                            String::new()
+                        };
+                        rec2.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .on_receive(&q, s);
+                    }
+                    ConsumeResult::Success
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            consumers.push(consumer);
+        }
+    }
+    Ok(consumers)
 }

@@ -7,6 +7,7 @@
 //! - [`stats`]: payload stamps, HdrHistograms (merged, never averaged),
 //!   per-second series, `--verify` checks.
 //! - [`report`]: the final table, JSON + Markdown + SVG into `bench-results/`.
+//! - `hrtimer`: sub-millisecond sleeps for the schedule (one helper thread).
 //! - [`embedded`]: an in-process name server and broker (`quickstart`).
 //! - [`verify`]: reading a topic back against an ack log.
 //! - [`peers`]: Redis Streams and NATS JetStream drivers (small RESP and
@@ -15,6 +16,7 @@
 
 pub mod driver;
 pub mod embedded;
+mod hrtimer;
 pub mod peers;
 pub mod report;
 pub mod stats;

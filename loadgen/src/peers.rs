@@ -487,7 +487,7 @@ where
     F: Fn(u32, Vec<u8>) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>> + 'static,
 {
-    let pacer = Pacer::new(&rec, w.rate, w.window);
+    let pacer = Pacer::new(&rec, w.rate, &w);
     let mut seq = 0u64;
     while !ctl.stop.get() {
         let intended = pacer.due(seq, &rec, &ctl).await;

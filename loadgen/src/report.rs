@@ -309,8 +309,9 @@ pub fn write(
 /// The flags that reproduce a workload.
 pub fn cli_args(w: &Workload) -> String {
     let mut a = format!(
-        "--topics {} --queues {} --producers {} --groups {} --consumers {} --size {} --keys {} --rate {} --warmup {} --flush {} --shards {}",
-        w.topics, w.queues, w.producers, w.groups, w.consumers, w.size, w.keys, w.rate, w.warmup, w.flush, w.shards
+        "--topics {} --queues {} --producers {} --groups {} --consumers {} --size {} --keys {} --rate {} --warmup {} --flush {} --shards {} --window {} --linger-us {} --spread {} --pace-us {}",
+        w.topics, w.queues, w.producers, w.groups, w.consumers, w.size, w.keys, w.rate, w.warmup, w.flush, w.shards,
+        w.window, w.linger_us, w.spread, w.pace_us
     );
     match w.messages {
         Some(m) => a += &format!(" --messages {m}"),

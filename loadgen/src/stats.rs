@@ -67,7 +67,9 @@ pub struct Second {
     pub e2e_p99_us: u64,
 }
 
-/// Everything measured, in one place (one monoio thread).
+/// What one thread measured. A run keeps one for its producers and one
+/// for its consumers (on their own thread, sharing the epoch); histograms
+/// and counts are merged, never percentiles averaged.
 #[derive(Debug)]
 pub struct Recorder {
     pub epoch: Instant,
@@ -90,8 +92,14 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(verify: bool) -> Self {
+        Self::with_epoch(verify, Instant::now())
+    }
+
+    /// A recorder whose times count from `epoch` (shared by the threads
+    /// of one run, so send stamps mean the same everywhere).
+    pub fn with_epoch(verify: bool, epoch: Instant) -> Self {
         Self {
-            epoch: Instant::now(),
+            epoch,
             measuring: false,
             publish: histogram(),
             e2e: histogram(),
@@ -149,19 +157,61 @@ impl Recorder {
 
     /// Closes one second of the series; returns it.
     pub fn tick(&mut self, t: u64, last: (u64, u64)) -> Second {
+        self.tick_with(t, last, None)
+    }
+
+    /// Closes one second of the series, taking receipts from `consumers`
+    /// when they were recorded apart; returns it.
+    pub fn tick_with(
+        &mut self,
+        t: u64,
+        last: (u64, u64),
+        consumers: Option<&mut Recorder>,
+    ) -> Second {
+        let (received, e2e_p99_us) = match consumers {
+            Some(c) => {
+                let v = (c.received, c.interval_e2e.value_at_quantile(0.99));
+                c.interval_e2e.reset();
+                v
+            }
+            None => (self.received, self.interval_e2e.value_at_quantile(0.99)),
+        };
         let s = Second {
             t,
             sent: self.acked - last.0,
-            received: self.received - last.1,
-            backlog: self.acked.saturating_sub(self.received),
+            received: received - last.1,
+            backlog: self.acked.saturating_sub(received),
             publish_p50_us: self.interval_publish.value_at_quantile(0.5),
             publish_p99_us: self.interval_publish.value_at_quantile(0.99),
-            e2e_p99_us: self.interval_e2e.value_at_quantile(0.99),
+            e2e_p99_us,
         };
         self.interval_publish.reset();
         self.interval_e2e.reset();
         self.series.push(s.clone());
         s
+    }
+
+    /// Takes in what a consumers' recorder measured: receipts, the
+    /// end-to-end histogram, and the `--verify` checks.
+    pub fn absorb(&mut self, c: Recorder) {
+        let _ = self.e2e.add(&c.e2e);
+        self.received += c.received;
+        self.measured_received += c.measured_received;
+        if let (Some(mine), Some(theirs)) = (self.verify.as_mut(), c.verify) {
+            mine.out_of_order += theirs.out_of_order;
+            mine.duplicates += theirs.duplicates;
+            for (p, bits) in theirs.seen {
+                let into = mine.seen.entry(p).or_default();
+                if into.len() < bits.len() {
+                    into.resize(bits.len(), 0);
+                }
+                for (i, w) in bits.into_iter().enumerate() {
+                    // A bit set on both sides is a message received twice.
+                    mine.duplicates += u64::from((into[i] & w).count_ones());
+                    into[i] |= w;
+                }
+            }
+        }
     }
 }
 
@@ -296,5 +346,33 @@ mod tests {
             set_bit(v.acked.entry(1).or_default(), seq);
         }
         assert_eq!(v.lost(), 2);
+    }
+
+    #[test]
+    fn consumer_side_recorders_merge_counts_histograms_and_checks() {
+        let epoch = Instant::now();
+        let mut producers = Recorder::with_epoch(true, epoch);
+        let mut consumers = Recorder::with_epoch(true, epoch);
+        producers.measuring = true;
+        consumers.measuring = true;
+        let st = |seq| Stamp {
+            producer: 3,
+            seq,
+            sent_us: 0,
+        };
+        for seq in 0..10 {
+            producers.on_ack(st(seq), 100);
+        }
+        // 0..8 received, 5 twice; 8 and 9 never.
+        for seq in (0..8).chain([5]) {
+            consumers.on_receive("q", st(seq));
+        }
+        let second = producers.tick_with(1, (0, 0), Some(&mut consumers));
+        assert_eq!((second.sent, second.received, second.backlog), (10, 9, 1));
+        producers.absorb(consumers);
+        assert_eq!(producers.received, 9);
+        assert_eq!(producers.e2e.len(), 9);
+        let v = producers.verify.as_ref().unwrap();
+        assert_eq!((v.duplicates, v.lost()), (1, 2));
     }
 }

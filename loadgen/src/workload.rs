@@ -61,6 +61,16 @@ pub struct WorkloadArgs {
     /// Producer batch linger in microseconds (0: batch what one pass queued). [default: 0]
     #[arg(long)]
     pub linger_us: Option<u64>,
+    /// Queue choice for keyless messages: `sticky` (one queue per batch,
+    /// then the next) or `round-robin` (the next queue per message).
+    /// [default: sticky]
+    #[arg(long)]
+    pub spread: Option<String>,
+    /// With --rate: a producer wakes at most once per this many µs and
+    /// sends every message due by then (each timed from its own intended
+    /// send time). Smaller is finer pacing and smaller requests. [default: 500]
+    #[arg(long)]
+    pub pace_us: Option<u64>,
 }
 
 /// Resolved workload.
@@ -83,6 +93,8 @@ pub struct Workload {
     pub flush: String,
     pub shards: usize,
     pub linger_us: u64,
+    pub spread: String,
+    pub pace_us: u64,
 }
 
 impl Default for Workload {
@@ -104,6 +116,8 @@ impl Default for Workload {
             flush: "async".into(),
             shards: 1,
             linger_us: 0,
+            spread: "sticky".into(),
+            pace_us: 500,
         }
     }
 }
@@ -135,7 +149,7 @@ impl Workload {
         }
         set!(
             topics, queues, producers, groups, consumers, size, keys, rate, duration, warmup,
-            window, flush, shards, linger_us
+            window, flush, shards, linger_us, spread, pace_us
         );
         if args.messages.is_some() {
             w.messages = args.messages;
@@ -162,6 +176,9 @@ impl Workload {
         }
         if !["async", "sync"].contains(&self.flush.as_str()) {
             return Err(format!("--flush {:?}: async or sync", self.flush));
+        }
+        if !["sticky", "round-robin"].contains(&self.spread.as_str()) {
+            return Err(format!("--spread {:?}: sticky or round-robin", self.spread));
         }
         if self.shards == 0 {
             return Err("--shards must be at least 1".into());

@@ -1,0 +1,181 @@
+//! Sub-millisecond sleeps for the open-loop schedule.
+//!
+//! monoio's timer wheel rounds every sleep up to the next millisecond.
+//! An open-loop producer counts latency from each message's intended send
+//! time, so that rounding would be charged to the broker: at 50k msg/s a
+//! message waits half a millisecond on average before it is even sent.
+//! Here one helper thread keeps a heap of deadlines and sleeps on a
+//! condition variable (a futex with an hrtimer behind it: tens of µs of
+//! slack), then wakes the waiting task across threads (monoio's `sync`
+//! feature turns that wake into an eventfd write to the runtime).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Deadlines this close are treated as reached: waking costs more.
+const SPIN_FREE: Duration = Duration::from_micros(10);
+
+/// Most deadlines waited on at once (one per waiting producer; a bound,
+/// not a working size).
+const MAX_WAITING: usize = 65_536;
+
+struct Entry {
+    at: Instant,
+    waker: Waker,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        self.at == o.at
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&o.at)
+    }
+}
+
+struct Shared {
+    heap: Mutex<BinaryHeap<Reverse<Entry>>>,
+    changed: Condvar,
+}
+
+/// The process's timer thread, started on first use; `None` if no thread
+/// could be started.
+fn shared() -> Option<&'static Arc<Shared>> {
+    static SHARED: OnceLock<Option<Arc<Shared>>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let s = Arc::new(Shared {
+                heap: Mutex::new(BinaryHeap::new()),
+                changed: Condvar::new(),
+            });
+            let t = s.clone();
+            let spawned = std::thread::Builder::new()
+                .name("loadgen-timer".into())
+                .spawn(move || run(&t));
+            match spawned {
+                Ok(_) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no timer thread: pacing at 1 ms resolution");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn run(s: &Shared) {
+    let mut heap = s.heap.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let now = Instant::now();
+        while heap
+            .peek()
+            .is_some_and(|Reverse(e)| e.at <= now + SPIN_FREE)
+        {
+            if let Some(Reverse(e)) = heap.pop() {
+                e.waker.wake();
+            }
+        }
+        heap = match heap.peek() {
+            None => s.changed.wait(heap).unwrap_or_else(|p| p.into_inner()),
+            Some(Reverse(e)) => {
+                let wait = e.at.saturating_duration_since(now);
+                s.changed
+                    .wait_timeout(heap, wait)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+    }
+}
+
+/// Completes at `at`, give or take the timer thread's wake-up latency.
+pub(crate) async fn sleep_until(at: Instant) {
+    match shared() {
+        Some(s) => {
+            SleepUntil {
+                s,
+                at,
+                armed: false,
+            }
+            .await
+        }
+        None => monoio::time::sleep(at.saturating_duration_since(Instant::now())).await,
+    }
+}
+
+struct SleepUntil {
+    s: &'static Shared,
+    at: Instant,
+    armed: bool,
+}
+
+impl Future for SleepUntil {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() + SPIN_FREE >= self.at {
+            return Poll::Ready(());
+        }
+        if self.armed {
+            // Woken early by someone else: the entry is still queued.
+            return Poll::Pending;
+        }
+        let s = self.s;
+        let mut heap = s.heap.lock().unwrap_or_else(|p| p.into_inner());
+        if heap.len() >= MAX_WAITING {
+            return Poll::Ready(());
+        }
+        let earliest = heap.peek().is_none_or(|Reverse(e)| self.at < e.at);
+        heap.push(Reverse(Entry {
+            at: self.at,
+            waker: cx.waker().clone(),
+        }));
+        drop(heap);
+        if earliest {
+            s.changed.notify_one();
+        }
+        self.armed = true;
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleeps_end_in_order_and_not_before_their_deadline() {
+        let mut rt = ringmq_client::runtime().expect("runtime");
+        rt.block_on(async {
+            let start = Instant::now();
+            let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+            let mut tasks = Vec::new();
+            for (i, us) in [900u64, 300, 600].into_iter().enumerate() {
+                let order = order.clone();
+                tasks.push(monoio::spawn(async move {
+                    let at = start + Duration::from_micros(us);
+                    sleep_until(at).await;
+                    assert!(Instant::now() + SPIN_FREE >= at);
+                    order.borrow_mut().push(i);
+                }));
+            }
+            for t in tasks {
+                t.await;
+            }
+            assert_eq!(*order.borrow(), vec![1, 2, 0]);
+        });
+    }
+}
