@@ -44,4 +44,7 @@ if want backlog; then
     $lg run --shards 2 --queues 8 --size 100 --rate 50000 --warmup 3 --duration 30 --report bench-results --name backlog-baseline-50k
     $lg run --shards 2 --queues 8 --size 100 --rate 50000 --warmup 0 --duration 420 --backlog "$backlog" \
         --report bench-results --name "backlog-${backlog}-50k"
+    # The same with catch-up disk reads held to 100 MiB/s per shard.
+    $lg run --shards 2 --queues 8 --size 100 --rate 50000 --warmup 0 --duration 420 --backlog "$backlog" \
+        --catch-up-mib-per-sec 100 --report bench-results --name "backlog-${backlog}-50k-catchup100"
 fi

@@ -1,6 +1,7 @@
 //! An in-process name server and broker on free loopback ports with a
 //! temporary data directory: `quickstart`, and `run` without `--namesrv`.
 
+use crate::workload::Workload;
 use ringmq_namesrv::{NamesrvConfig, RunningNamesrv};
 use ringmq_shard::broker::{self, BrokerConfig, RunningBroker};
 use std::net::SocketAddr;
@@ -16,9 +17,10 @@ pub struct Embedded {
 }
 
 impl Embedded {
-    /// Starts a name server and a broker with `shards` shards (pinned to
-    /// CPUs 0.., leaving the last CPU to the load generator when it can).
-    pub fn start(shards: usize, flush: &str) -> Result<Self, String> {
+    /// Starts a name server and a broker as `w` asks: its shards (pinned
+    /// to CPUs 0..), flush mode and catch-up read limit.
+    pub fn start(w: &Workload) -> Result<Self, String> {
+        let (shards, flush) = (w.shards, w.flush.as_str());
         let dir = tempfile::Builder::new()
             .prefix("ringmq-loadgen-")
             .tempdir_in(std::env::var_os("RINGMQ_LOADGEN_DIR").unwrap_or_else(|| "/var/tmp".into()))
@@ -38,6 +40,7 @@ impl Embedded {
             _ => ringmq_core::FlushMode::Async,
         };
         cfg.segment_bytes = 1 << 30;
+        cfg.catch_up_bytes_per_sec = w.catch_up_mib_per_sec.filter(|&m| m > 0).map(|m| m << 20);
         let broker = broker::start(cfg.clone()).map_err(|e| e.to_string())?;
         let node = Self {
             namesrv: Some(namesrv),

@@ -105,7 +105,7 @@ fn run(
             "starting an embedded name server and broker ({} shard(s), {} flush)",
             w.shards, w.flush
         );
-        Some(Embedded::start(w.shards, &w.flush)?)
+        Some(Embedded::start(&w)?)
     } else {
         None
     };
@@ -266,7 +266,7 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
             eprintln!("compare round {}/{}: {name}", round + 1, args.rounds.max(1));
             let summary = match d {
                 None => {
-                    let node = Embedded::start(w.shards, &w.flush)?;
+                    let node = Embedded::start(&w)?;
                     let target = Target {
                         namesrv: vec![node.namesrv_addr()],
                         broker_cpu: Box::new(embedded::shard_threads_cpu),

@@ -320,6 +320,9 @@ pub fn cli_args(w: &Workload) -> String {
     if let Some(b) = w.backlog {
         a += &format!(" --backlog {b}");
     }
+    if let Some(m) = w.catch_up_mib_per_sec {
+        a += &format!(" --catch-up-mib-per-sec {m}");
+    }
     a
 }
 

@@ -71,6 +71,10 @@ pub struct WorkloadArgs {
     /// send time). Smaller is finer pacing and smaller requests. [default: 500]
     #[arg(long)]
     pub pace_us: Option<u64>,
+    /// Embedded broker: most MiB a second each shard reads from disk for
+    /// consumers behind the tail (unset or 0: no limit).
+    #[arg(long)]
+    pub catch_up_mib_per_sec: Option<u64>,
 }
 
 /// Resolved workload.
@@ -95,6 +99,7 @@ pub struct Workload {
     pub linger_us: u64,
     pub spread: String,
     pub pace_us: u64,
+    pub catch_up_mib_per_sec: Option<u64>,
 }
 
 impl Default for Workload {
@@ -118,6 +123,7 @@ impl Default for Workload {
             linger_us: 0,
             spread: "sticky".into(),
             pace_us: 500,
+            catch_up_mib_per_sec: None,
         }
     }
 }
@@ -156,6 +162,9 @@ impl Workload {
         }
         if args.backlog.is_some() {
             w.backlog = args.backlog;
+        }
+        if args.catch_up_mib_per_sec.is_some() {
+            w.catch_up_mib_per_sec = args.catch_up_mib_per_sec;
         }
         w.check()?;
         Ok(w)

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns unwrap too
 
 use ringmq_loadgen::embedded::Embedded;
+use ringmq_loadgen::workload::Workload;
 use std::process::Command;
 
 fn loadgen(args: &[&str]) -> std::process::Output {
@@ -65,7 +66,12 @@ fn an_embedded_run_writes_its_report_and_verifies_clean() {
 
 #[test]
 fn an_ack_log_is_verified_against_the_topic() {
-    let node = Embedded::start(2, "sync").unwrap();
+    let node = Embedded::start(&Workload {
+        shards: 2,
+        flush: "sync".into(),
+        ..Workload::default()
+    })
+    .unwrap();
     let ns = node.namesrv_addr();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("acks.log");

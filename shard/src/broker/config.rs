@@ -84,6 +84,11 @@ pub struct BrokerArgs {
     /// Delete the oldest segments while a shard's log is bigger than this many MiB.
     #[arg(long, value_name = "MIB")]
     pub retention_mib: Option<u64>,
+    /// Most MiB a second each shard reads from disk for consumers behind
+    /// the tail (0: no limit). Keeps a draining backlog from starving
+    /// appends of CPU. [default: 0]
+    #[arg(long, value_name = "MIB")]
+    pub catch_up_mib_per_sec: Option<u64>,
     /// Per-shard memory budget in MiB for request buffers in flight; over
     /// it the shard stops reading from sockets. [default: 256]
     #[arg(long, value_name = "MIB")]
@@ -131,6 +136,7 @@ struct FileConfig {
     segment_mib: Option<u64>,
     retention_hours: Option<u64>,
     retention_mib: Option<u64>,
+    catch_up_mib_per_sec: Option<u64>,
     memory_budget_mib: Option<u64>,
     max_in_flight: Option<usize>,
     max_frame_bytes: Option<u32>,
@@ -170,6 +176,8 @@ pub struct BrokerConfig {
     pub retention_ms: Option<u64>,
     /// Retention by size per shard.
     pub retention_bytes: Option<u64>,
+    /// Catch-up disk reads per shard, bytes a second (`None`: no limit).
+    pub catch_up_bytes_per_sec: Option<u64>,
     /// Request buffer budget per shard, bytes.
     pub memory_budget_bytes: u64,
     /// Requests in flight per connection.
@@ -291,6 +299,9 @@ impl BrokerConfig {
                 h => Some(h * 3_600_000),
             },
             retention_bytes: pick!(retention_mib).map(|m| m << 20),
+            catch_up_bytes_per_sec: pick!(catch_up_mib_per_sec)
+                .filter(|&m| m > 0)
+                .map(|m| m << 20),
             memory_budget_bytes: memory_budget_mib << 20,
             max_in_flight,
             max_frame_bytes,

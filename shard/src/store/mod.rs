@@ -117,6 +117,11 @@ pub struct StoreConfig {
     pub read_ahead_bytes: usize,
     /// Read-ahead windows kept; their budget is separate from the tail's.
     pub read_ahead_windows: usize,
+    /// Most bytes a second read from disk for consumers behind the tail
+    /// (`None`: as fast as the disk goes). A consumer draining a big
+    /// backlog otherwise takes all the CPU the shard has left, and appends
+    /// wait behind it.
+    pub catch_up_bytes_per_sec: Option<u64>,
     /// Delete segments whose newest record is older than this.
     pub retention_ms: Option<u64>,
     /// Delete the oldest segments while the log is bigger than this.
@@ -163,6 +168,7 @@ impl StoreConfig {
             // let that many catching-up consumers share one budget.
             read_ahead_bytes: 1 << 20,
             read_ahead_windows: 16,
+            catch_up_bytes_per_sec: None,
             // RocketMQ's default: three days.
             retention_ms: Some(72 * 3_600_000),
             retention_bytes: None,
@@ -400,6 +406,41 @@ struct Inner<D: Disk> {
     /// Low-share task queue for reads behind the tail, so catching-up
     /// consumers yield to appends.
     catch_up: glommio::TaskQueueHandle,
+    /// Paces those reads to [`StoreConfig::catch_up_bytes_per_sec`].
+    catch_up_pace: CatchUpPace,
+}
+
+/// A token bucket on a virtual clock: each read moves `next_free` on by
+/// its bytes' share of a second; a read starting before `next_free` waits.
+/// Idle time earns at most [`CatchUpPace::BURST`] of credit.
+#[derive(Debug)]
+struct CatchUpPace {
+    bytes_per_sec: Option<u64>,
+    next_free: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl CatchUpPace {
+    const BURST: std::time::Duration = std::time::Duration::from_millis(20);
+
+    fn new(bytes_per_sec: Option<u64>) -> Self {
+        Self {
+            bytes_per_sec: bytes_per_sec.filter(|&b| b > 0),
+            next_free: std::cell::Cell::new(None),
+        }
+    }
+
+    /// How long a read of `bytes` must wait before it starts.
+    fn delay(&self, bytes: u64) -> std::time::Duration {
+        let Some(rate) = self.bytes_per_sec else {
+            return std::time::Duration::ZERO;
+        };
+        let now = std::time::Instant::now();
+        let earliest = now.checked_sub(Self::BURST).unwrap_or(now);
+        let start = self.next_free.get().map_or(now, |t| t.max(earliest));
+        let cost = std::time::Duration::from_nanos(bytes.saturating_mul(1_000_000_000) / rate);
+        self.next_free.set(Some(start + cost));
+        start.saturating_duration_since(now)
+    }
 }
 
 /// What the last open found.
@@ -880,6 +921,10 @@ impl<D: Disk> Store<D> {
             (from, to, seg_start, file.clone())
         };
         let (from, to, seg_start, file) = window;
+        let wait = self.inner.catch_up_pace.delay(to - from);
+        if !wait.is_zero() {
+            glommio::timer::sleep(wait).await;
+        }
         let read = glommio::spawn_local_into(
             async move { file.read_at(from - seg_start, (to - from) as usize).await },
             self.inner.catch_up,
@@ -993,4 +1038,30 @@ fn place<F: DiskFile>(
             store_timestamp_ms: now_ms,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CatchUpPace;
+    use std::time::Duration;
+
+    #[test]
+    fn catch_up_reads_wait_their_share_of_a_second() {
+        let free = CatchUpPace::new(None);
+        assert_eq!(free.delay(1 << 30), Duration::ZERO);
+        let pace = CatchUpPace::new(Some(1 << 20));
+        // The first read goes at once; the next waits for the first's
+        // second, and a third for both.
+        assert_eq!(pace.delay(1 << 20), Duration::ZERO);
+        let second = pace.delay(1 << 20);
+        assert!(
+            second > Duration::from_millis(900) && second <= Duration::from_secs(1),
+            "{second:?}"
+        );
+        let third = pace.delay(1 << 19);
+        assert!(
+            third > Duration::from_millis(1900) && third <= Duration::from_secs(2),
+            "{third:?}"
+        );
+    }
 }

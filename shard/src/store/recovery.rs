@@ -156,6 +156,7 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
             end_position: scan.end_pos,
         },
         catch_up,
+        catch_up_pace: super::CatchUpPace::new(cfg.catch_up_bytes_per_sec),
         cfg,
     });
     let flusher = Flusher::new(Rc::downgrade(&inner), rx, index, inner.cfg.writes_in_flight);
