@@ -8,11 +8,32 @@
 //!   [`start`] runs it (the `ringmq-namesrv` binary, or a broker with
 //!   `--standalone`).
 //! - `ringmq-namesrv` (src/main.rs): the command line.
+//! - [`stop_on_signals`]: SIGTERM/SIGINT to a stop flag, for this binary
+//!   and `ringmq-broker` (which depends on this crate for `--standalone`).
 //!
 //! Name servers do not talk to each other: brokers register with every
 //! one, and clients fail over between them.
 
 pub mod registry;
+
+/// Sets `stop` on the first SIGTERM or SIGINT (from a watcher thread),
+/// logging `message` then. A failure to watch is logged, not fatal.
+pub fn stop_on_signals(stop: Arc<AtomicBool>, message: &'static str) {
+    match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    tracing::info!(signal = sig, "{message}");
+                    stop.store(true, Ordering::SeqCst);
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot watch SIGTERM/SIGINT"),
+    }
+}
 
 use bytes::BytesMut;
 use futures::{AsyncReadExt, AsyncWriteExt};

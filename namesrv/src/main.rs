@@ -6,7 +6,6 @@ use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// ringmq name server: brokers register here; clients ask it for routes.
@@ -91,20 +90,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let stop = running.stop_flag();
-    match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]) {
-        Ok(mut signals) => {
-            std::thread::spawn(move || {
-                if signals.forever().next().is_some() {
-                    stop.store(true, Ordering::SeqCst);
-                }
-            });
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot watch SIGTERM/SIGINT"),
-    }
+    ringmq_namesrv::stop_on_signals(running.stop_flag(), "stopping");
     match running.join() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

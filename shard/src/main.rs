@@ -3,7 +3,6 @@
 use clap::Parser;
 use ringmq_shard::broker::{self, BrokerArgs, BrokerConfig};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -42,21 +41,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let stop = running.stop_flag();
-    match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]) {
-        Ok(mut signals) => {
-            std::thread::spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    tracing::info!(signal = sig, "stopping: finishing requests in flight");
-                    stop.store(true, Ordering::SeqCst);
-                }
-            });
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot watch SIGTERM/SIGINT"),
-    }
+    ringmq_namesrv::stop_on_signals(
+        running.stop_flag(),
+        "stopping: finishing requests in flight",
+    );
     match running.join() {
         Ok(()) => {
             tracing::info!("broker stopped cleanly");
