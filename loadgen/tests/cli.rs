@@ -101,15 +101,18 @@ fn an_ack_log_is_verified_against_the_topic() {
         .trim()
         .to_owned();
     assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 3000);
-    let out = loadgen(&[
-        "verify",
-        "--namesrv",
-        &ns,
-        "--topic",
-        &topic,
-        "--ack-log",
-        log.to_str().unwrap(),
-    ]);
+    let verify = || {
+        loadgen(&[
+            "verify",
+            "--namesrv",
+            &ns,
+            "--topic",
+            &topic,
+            "--ack-log",
+            log.to_str().unwrap(),
+        ])
+    };
+    let out = verify();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
@@ -122,15 +125,7 @@ fn an_ack_log_is_verified_against_the_topic() {
         format!("{}99 0\n", std::fs::read_to_string(&log).unwrap()),
     )
     .unwrap();
-    let out = loadgen(&[
-        "verify",
-        "--namesrv",
-        &ns,
-        "--topic",
-        &topic,
-        "--ack-log",
-        log.to_str().unwrap(),
-    ]);
+    let out = verify();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("lost 1"));
     // Bad arguments are refused before anything runs.
