@@ -58,7 +58,8 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-fn unique() -> String {
+/// A name part unlikely to repeat: the time in ms and the process id.
+pub(crate) fn unique() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());

@@ -232,16 +232,8 @@ fn run_peer(
     if let Some(dir) = &common.report {
         let broker = json!({"peer": kind.name(), "flush": w.flush, "addr": peer.addr});
         let name = format!("{}-{}", common.name, kind.name());
-        report::write(
-            dir,
-            &name,
-            w,
-            &out,
-            &summary,
-            broker,
-            Some(peers::dir_of(&peer)),
-        )
-        .map_err(|e| format!("writing the report: {e}"))?;
+        report::write(dir, &name, w, &out, &summary, broker, Some(peer.dir.path()))
+            .map_err(|e| format!("writing the report: {e}"))?;
     }
     Ok((summary, out))
 }

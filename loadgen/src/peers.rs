@@ -12,7 +12,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -91,7 +91,7 @@ impl Peer {
                 if flush == "sync" { "always" } else { "everysec" }
             ),
             PeerKind::Nats => format!(
-                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\", max_memory_store: 1GB, max_file_store: 20GB }}\n",
+                "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\", max_memory_store: 1GB, max_file_store: 20GB }}\n",
                 dir.path().join("js").display()
             ),
         };
@@ -123,10 +123,6 @@ impl Peer {
             pid,
         })
     }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().to_owned()
-    }
 }
 
 impl Drop for Peer {
@@ -136,11 +132,16 @@ impl Drop for Peer {
     }
 }
 
-/// A connection that sends whole commands and reads raw bytes.
+/// A connection that sends whole commands and reads raw bytes. Once it
+/// closes (either way), sends are dropped and readers see the close; what
+/// is queued to write is bounded by the callers' in-flight windows.
 struct Wire {
     write: RefCell<Vec<u8>>,
     wake: futures::channel::mpsc::Sender<()>,
     read_buf: RefCell<Vec<u8>>,
+    /// Bytes of `read_buf` already parsed; dropped once per socket read,
+    /// not once per reply.
+    read_at: Cell<usize>,
     read_wakers: RefCell<Vec<std::task::Waker>>,
     closed: Cell<bool>,
 }
@@ -158,6 +159,7 @@ impl Wire {
             write: RefCell::new(Vec::new()),
             wake: tx,
             read_buf: RefCell::new(Vec::new()),
+            read_at: Cell::new(0),
             read_wakers: RefCell::new(Vec::new()),
             closed: Cell::new(false),
         });
@@ -172,6 +174,9 @@ impl Wire {
                     continue;
                 }
                 if w.write_all(out).await.0.is_err() {
+                    if let Some(wr) = weak.upgrade() {
+                        wr.close();
+                    }
                     return;
                 }
             }
@@ -184,29 +189,47 @@ impl Wire {
                 buf = b;
                 let Some(wr) = weak.upgrade() else { return };
                 match res {
-                    Ok(n) if n > 0 => wr.read_buf.borrow_mut().extend_from_slice(&buf[..n]),
-                    _ => wr.closed.set(true),
+                    Ok(n) if n > 0 => {
+                        let mut rb = wr.read_buf.borrow_mut();
+                        rb.drain(..wr.read_at.replace(0));
+                        rb.extend_from_slice(&buf[..n]);
+                    }
+                    _ => {
+                        wr.close();
+                        return;
+                    }
                 }
                 for waker in wr.read_wakers.borrow_mut().drain(..) {
                     waker.wake();
-                }
-                if wr.closed.get() {
-                    return;
                 }
             }
         });
         Ok(wire)
     }
 
+    fn close(&self) {
+        self.closed.set(true);
+        self.write.borrow_mut().clear();
+        for waker in self.read_wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
     fn send(&self, bytes: &[u8]) {
+        if self.closed.get() {
+            return;
+        }
         self.write.borrow_mut().extend_from_slice(bytes);
         let _ = self.wake.clone().try_send(());
     }
 
-    /// Waits until `parse` takes something off the read buffer.
-    async fn next<T>(&self, parse: impl Fn(&mut Vec<u8>) -> Option<T>) -> Result<T, String> {
+    /// Waits until `parse` finds a whole item in the unread bytes (it
+    /// returns the item and the bytes it used).
+    async fn next<T>(&self, parse: impl Fn(&[u8]) -> Option<(T, usize)>) -> Result<T, String> {
         futures::future::poll_fn(|cx| {
-            if let Some(v) = parse(&mut self.read_buf.borrow_mut()) {
+            let at = self.read_at.get();
+            if let Some((v, used)) = parse(&self.read_buf.borrow()[at..]) {
+                self.read_at.set(at + used);
                 return std::task::Poll::Ready(Ok(v));
             }
             if self.closed.get() {
@@ -272,10 +295,8 @@ fn resp_parse(b: &[u8], at: usize) -> Option<(Resp, usize)> {
     }
 }
 
-fn resp_take(buf: &mut Vec<u8>) -> Option<Resp> {
-    let (r, used) = resp_parse(buf, 0)?;
-    buf.drain(..used);
-    Some(r)
+fn resp_take(buf: &[u8]) -> Option<(Resp, usize)> {
+    resp_parse(buf, 0)
 }
 
 fn resp_cmd(args: &[&[u8]]) -> Vec<u8> {
@@ -308,6 +329,10 @@ impl Redis {
                 let wire = me.wire.clone();
                 drop(me);
                 let Ok(reply) = wire.next(resp_take).await else {
+                    // Callers still waiting see their reply dropped.
+                    if let Some(me) = weak.upgrade() {
+                        me.waiting.borrow_mut().clear();
+                    }
                     return;
                 };
                 let Some(me) = weak.upgrade() else { return };
@@ -337,45 +362,48 @@ struct NatsMsg {
     payload: Vec<u8>,
 }
 
-/// Takes one server message (MSG with payload, PING, +OK, -ERR, INFO...).
-fn nats_take(buf: &mut Vec<u8>) -> Option<Result<NatsMsg, String>> {
+/// Takes one server message (MSG with payload, PING, -ERR) and the bytes
+/// it used, skipping INFO, +OK and PONG lines. A malformed MSG line is
+/// used up and reported.
+fn nats_take(buf: &[u8]) -> Option<(Result<NatsMsg, String>, usize)> {
+    let mut at = 0;
     loop {
-        let (line, next) = resp_line(buf, 0)?;
+        let (line, next) = resp_line(buf, at)?;
         let line = String::from_utf8_lossy(line).into_owned();
         if let Some(rest) = line.strip_prefix("MSG ") {
             let parts: Vec<&str> = rest.split(' ').collect();
             let (subject, reply, len) = match parts.as_slice() {
-                [s, _sid, len] => (s.to_string(), None, len.parse::<usize>().ok()?),
-                [s, _sid, r, len] => (
-                    s.to_string(),
-                    Some(r.to_string()),
-                    len.parse::<usize>().ok()?,
-                ),
-                _ => return Some(Err(format!("bad MSG line {line:?}"))),
+                [s, _sid, len] => (*s, None, len),
+                [s, _sid, r, len] => (*s, Some(r.to_string()), len),
+                _ => return Some((Err(format!("bad MSG line {line:?}")), next)),
             };
+            let Ok(len) = len.parse::<usize>() else {
+                return Some((Err(format!("bad MSG length {line:?}")), next));
+            };
+            let payload = buf.get(next..next + len)?.to_vec();
             if buf.len() < next + len + 2 {
                 return None;
             }
-            let payload = buf[next..next + len].to_vec();
-            buf.drain(..next + len + 2);
-            return Some(Ok(NatsMsg {
-                subject,
+            let msg = NatsMsg {
+                subject: subject.to_owned(),
                 reply,
                 payload,
-            }));
+            };
+            return Some((Ok(msg), next + len + 2));
         }
-        buf.drain(..next);
         if line.starts_with("-ERR") {
-            return Some(Err(line));
+            return Some((Err(line), next));
         }
-        // PING is answered by the reader loop; INFO, +OK and PONG are skipped.
+        // PING is answered by the reader loop.
         if line == "PING" {
-            return Some(Ok(NatsMsg {
+            let ping = NatsMsg {
                 subject: "PING".into(),
                 reply: None,
                 payload: Vec::new(),
-            }));
+            };
+            return Some((Ok(ping), next));
         }
+        at = next;
     }
 }
 
@@ -396,10 +424,10 @@ impl Nats {
     async fn connect(addr: &str) -> Result<Rc<Self>, String> {
         let wire = Wire::connect(addr).await?;
         wire.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":false}\r\nPING\r\n");
-        let prefix = format!(
-            "_INBOX.lg{:x}",
-            std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64
-        );
+        // One inbox prefix per connection of this process.
+        static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("_INBOX.lg{}x{n}", crate::driver::unique());
         wire.send(format!("SUB {prefix}.* 1\r\n").as_bytes());
         let n = Rc::new(Self {
             wire,
@@ -421,7 +449,13 @@ impl Nats {
                         tracing::warn!(error = %e, "nats");
                         continue;
                     }
-                    Err(_) => return,
+                    Err(_) => {
+                        // Requests still waiting see their reply dropped.
+                        if let Some(me) = weak.upgrade() {
+                            me.replies.borrow_mut().clear();
+                        }
+                        return;
+                    }
                 };
                 let Some(me) = weak.upgrade() else { return };
                 if msg.subject == "PING" {
@@ -458,6 +492,19 @@ impl Nats {
         out.extend_from_slice(b"\r\n");
         self.wire.send(&out);
         rx
+    }
+
+    /// A JetStream API request; its reply must not carry an error.
+    async fn js_api(&self, subject: &str, body: &str) -> Result<(), String> {
+        let reply = self
+            .request(subject, body.as_bytes())
+            .await
+            .map_err(|_| "nats closed".to_owned())?;
+        let reply = String::from_utf8_lossy(&reply);
+        if reply.contains("\"error\"") {
+            return Err(format!("{subject}: {reply}"));
+        }
+        Ok(())
     }
 
     fn publish(&self, subject: &str, payload: &[u8]) {
@@ -523,7 +570,7 @@ pub fn run(peer: &Peer, w: &Workload) -> Result<RunOutput, String> {
     let out = rt.block_on(async {
         let rec = Rc::new(RefCell::new(Recorder::new(false)));
         let ctl = Rc::new(Producing::new(None));
-        let tag = format!("{:x}", Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
+        let tag = crate::driver::unique();
         let producer_task;
         let consumer_task;
         // The producers' connections live until every in-flight send is answered.
@@ -607,23 +654,11 @@ pub fn run(peer: &Peer, w: &Workload) -> Result<RunOutput, String> {
                 let cfg = format!(
                     "{{\"name\":\"{stream}\",\"subjects\":[\"lg{tag}.>\"],\"storage\":\"file\",\"retention\":\"limits\"}}"
                 );
-                let reply = prod
-                    .request(&format!("$JS.API.STREAM.CREATE.{stream}"), cfg.as_bytes())
-                    .await
-                    .map_err(|_| "nats closed")?;
-                if String::from_utf8_lossy(&reply).contains("\"error\"") {
-                    return Err(format!("stream create: {}", String::from_utf8_lossy(&reply)));
-                }
+                prod.js_api(&format!("$JS.API.STREAM.CREATE.{stream}"), &cfg).await?;
                 let cons_cfg = format!(
                     "{{\"stream_name\":\"{stream}\",\"config\":{{\"durable_name\":\"g\",\"ack_policy\":\"all\",\"deliver_policy\":\"all\",\"max_ack_pending\":100000}}}}"
                 );
-                let reply = prod
-                    .request(&format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.g"), cons_cfg.as_bytes())
-                    .await
-                    .map_err(|_| "nats closed")?;
-                if String::from_utf8_lossy(&reply).contains("\"error\"") {
-                    return Err(format!("consumer create: {}", String::from_utf8_lossy(&reply)));
-                }
+                prod.js_api(&format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.g"), &cons_cfg).await?;
                 keep_nats = Some(prod.clone());
                 let (rec2, ctl2) = (rec.clone(), ctl.clone());
                 let p = prod.clone();
@@ -735,9 +770,4 @@ pub fn run(peer: &Peer, w: &Workload) -> Result<RunOutput, String> {
         })
     })?;
     Ok(out)
-}
-
-/// The data folder's filesystem, for reports.
-pub fn dir_of(peer: &Peer) -> &Path {
-    peer.dir.path()
 }
