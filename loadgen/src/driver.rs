@@ -406,7 +406,6 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
         // Counted runs measure from the first message.
         set_measuring(true);
     }
-    let per_producer = w.rate / u64::from(w.producers);
     let mut tasks = Vec::new();
     for (i, p) in producers.iter().enumerate() {
         tasks.push(monoio::spawn(produce(
@@ -415,7 +414,9 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
             topics.clone(),
             rec.clone(),
             ctl.clone(),
-            per_producer,
+            // The rate split evenly, the remainder to the first producers.
+            w.rate / u64::from(w.producers)
+                + u64::from((i as u64) < w.rate % u64::from(w.producers)),
             w.clone(),
             acks.clone(),
         )));
@@ -433,7 +434,7 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
         let s = {
             let mut r = rec.borrow_mut();
             let mut c = consumers.as_ref().map(|c| c.recorder());
-            let s = r.tick_with(second, last, c.as_deref_mut());
+            let s = r.tick_with(second, last, c.as_deref_mut(), u64::from(w.groups));
             last = (r.acked, c.map_or(0, |c| c.received));
             s
         };

@@ -338,6 +338,30 @@ fn compare(args: &CompareArgs) -> Result<bool, String> {
     Ok(true)
 }
 
+/// The peer drivers run one producer and one consumer group of one
+/// consumer, keyless, for a duration (the comparison workloads): refuse
+/// what they would otherwise ignore.
+fn peer_supports(args: &RunArgs, w: &Workload) -> Result<(), String> {
+    let d = Workload::default();
+    let unsupported = [
+        ("--verify", args.verify),
+        ("--ack-log", args.ack_log.is_some()),
+        ("--repeat", args.repeat > 1),
+        ("--namesrv", !args.namesrv.is_empty()),
+        ("--messages", w.messages.is_some()),
+        ("--backlog", w.backlog.is_some()),
+        ("--producers", w.producers != 1),
+        ("--topics", w.topics != 1),
+        ("--keys", w.keys != d.keys),
+        ("--groups", w.groups != 1),
+        ("--consumers", w.consumers != 1),
+    ];
+    match unsupported.iter().find(|(_, set)| *set) {
+        Some((flag, _)) => Err(format!("{flag} is not supported by the peer drivers")),
+        None => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -392,6 +416,10 @@ fn main() -> ExitCode {
                         );
                         return ExitCode::from(2);
                     };
+                    if let Err(e) = peer_supports(&args, &w) {
+                        eprintln!("ringmq-loadgen: --driver {}: {e}", args.driver);
+                        return ExitCode::from(2);
+                    }
                     return match run_peer(kind, &w, &args.common) {
                         Ok((s, out)) => {
                             println!("{}", report::table(&w, &s, &out));

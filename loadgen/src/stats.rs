@@ -157,16 +157,19 @@ impl Recorder {
 
     /// Closes one second of the series; returns it.
     pub fn tick(&mut self, t: u64, last: (u64, u64)) -> Second {
-        self.tick_with(t, last, None)
+        self.tick_with(t, last, None, 1)
     }
 
     /// Closes one second of the series, taking receipts from `consumers`
-    /// when they were recorded apart; returns it.
+    /// when they were recorded apart; returns it. Every one of `groups`
+    /// consumer groups receives each message, so the backlog is what the
+    /// groups together have yet to receive.
     pub fn tick_with(
         &mut self,
         t: u64,
         last: (u64, u64),
         consumers: Option<&mut Recorder>,
+        groups: u64,
     ) -> Second {
         let (received, e2e_p99_us) = match consumers {
             Some(c) => {
@@ -180,7 +183,7 @@ impl Recorder {
             t,
             sent: self.acked - last.0,
             received: received - last.1,
-            backlog: self.acked.saturating_sub(received),
+            backlog: (self.acked * groups.max(1)).saturating_sub(received),
             publish_p50_us: self.interval_publish.value_at_quantile(0.5),
             publish_p99_us: self.interval_publish.value_at_quantile(0.99),
             e2e_p99_us,
@@ -367,7 +370,7 @@ mod tests {
         for seq in (0..8).chain([5]) {
             consumers.on_receive("q", st(seq));
         }
-        let second = producers.tick_with(1, (0, 0), Some(&mut consumers));
+        let second = producers.tick_with(1, (0, 0), Some(&mut consumers), 1);
         assert_eq!((second.sent, second.received, second.backlog), (10, 9, 1));
         producers.absorb(consumers);
         assert_eq!(producers.received, 9);

@@ -180,6 +180,10 @@ impl Workload {
         if self.size < MIN_SIZE || self.size > 4 << 20 {
             return Err(format!("--size must be {MIN_SIZE} to 4194304 bytes"));
         }
+        if self.rate > 0 && self.rate < u64::from(self.producers) {
+            // A producer's share would be 0, which means full speed.
+            return Err("--rate must be at least --producers (or 0 for full speed)".into());
+        }
         if self.window == 0 {
             return Err("--window must be at least 1".into());
         }
