@@ -81,7 +81,7 @@ pub struct BrokerArgs {
     /// Delete log segments older than this many hours (0 keeps them). [default: 72]
     #[arg(long, value_name = "HOURS")]
     pub retention_hours: Option<u64>,
-    /// Delete the oldest segments while a shard's log is bigger than this many MiB.
+    /// Delete the oldest segments while a shard's log is bigger than this many MiB (0: no limit).
     #[arg(long, value_name = "MIB")]
     pub retention_mib: Option<u64>,
     /// Most MiB a second each shard reads from disk for consumers behind
@@ -269,13 +269,33 @@ impl BrokerConfig {
                 "--segment-mib {segment_mib}: must be 1 to 65536"
             )));
         }
+        // MiB and hours to bytes and ms, refusing what would overflow (a
+        // wrapped retention would delete every segment).
+        let scaled = |flag: &str, v: u64, by: u64| {
+            v.checked_mul(by)
+                .ok_or_else(|| ConfigError::Invalid(format!("{flag} {v}: too large")))
+        };
         let memory_budget_mib = pick!(memory_budget_mib).unwrap_or(256);
+        let memory_budget_bytes = scaled("--memory-budget-mib", memory_budget_mib, 1 << 20)?;
         let max_frame_bytes = pick!(max_frame_bytes).unwrap_or(16 << 20);
-        if memory_budget_mib == 0 || memory_budget_mib << 20 < u64::from(max_frame_bytes) {
+        if memory_budget_mib == 0 || memory_budget_bytes < u64::from(max_frame_bytes) {
             return Err(ConfigError::Invalid(format!(
                 "--memory-budget-mib {memory_budget_mib} must hold at least one frame of --max-frame-bytes {max_frame_bytes}"
             )));
         }
+        // 0 means no limit for each of these, as for --retention-hours.
+        let retention_ms = match pick!(retention_hours).unwrap_or(72) {
+            0 => None,
+            h => Some(scaled("--retention-hours", h, 3_600_000)?),
+        };
+        let retention_bytes = match pick!(retention_mib).unwrap_or(0) {
+            0 => None,
+            m => Some(scaled("--retention-mib", m, 1 << 20)?),
+        };
+        let catch_up_bytes_per_sec = match pick!(catch_up_mib_per_sec).unwrap_or(0) {
+            0 => None,
+            m => Some(scaled("--catch-up-mib-per-sec", m, 1 << 20)?),
+        };
         let max_in_flight = pick!(max_in_flight).unwrap_or(1024);
         if max_in_flight == 0 {
             return Err(ConfigError::Invalid(
@@ -294,15 +314,10 @@ impl BrokerConfig {
             cluster: pick!(cluster).unwrap_or_else(|| "DefaultCluster".into()),
             namesrv: pick!(namesrv).unwrap_or_default(),
             segment_bytes: segment_mib << 20,
-            retention_ms: match pick!(retention_hours).unwrap_or(72) {
-                0 => None,
-                h => Some(h * 3_600_000),
-            },
-            retention_bytes: pick!(retention_mib).map(|m| m << 20),
-            catch_up_bytes_per_sec: pick!(catch_up_mib_per_sec)
-                .filter(|&m| m > 0)
-                .map(|m| m << 20),
-            memory_budget_bytes: memory_budget_mib << 20,
+            retention_ms,
+            retention_bytes,
+            catch_up_bytes_per_sec,
+            memory_budget_bytes,
             max_in_flight,
             max_frame_bytes,
             max_fetch_wait_ms: pick!(max_fetch_wait_ms).unwrap_or(30_000),
@@ -391,6 +406,14 @@ mod tests {
             (&["--cpus", "3-1"][..], "--cpus"),
             (&["--shards", "3", "--cpus", "0,1"][..], "--cpus"),
             (&["--memory-budget-mib", "1"][..], "--memory-budget-mib"),
+            (
+                &["--retention-hours", "18446744073709551615"][..],
+                "--retention-hours",
+            ),
+            (
+                &["--retention-mib", "17592186044416"][..],
+                "--retention-mib",
+            ),
         ] {
             let err = BrokerConfig::resolve(args(list)).unwrap_err().to_string();
             assert!(err.contains(needle), "{list:?}: {err}");
@@ -402,6 +425,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nmae"), "{err}");
+    }
+
+    #[test]
+    fn zero_means_no_limit_for_retention_and_catch_up() {
+        let cfg = BrokerConfig::resolve(args(&[
+            "--retention-hours",
+            "0",
+            "--retention-mib",
+            "0",
+            "--catch-up-mib-per-sec",
+            "0",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                cfg.retention_ms,
+                cfg.retention_bytes,
+                cfg.catch_up_bytes_per_sec
+            ),
+            (None, None, None)
+        );
+        let cfg = BrokerConfig::resolve(args(&["--retention-mib", "5"])).unwrap();
+        assert_eq!(cfg.retention_bytes, Some(5 << 20));
     }
 
     #[test]
