@@ -411,8 +411,11 @@ struct Inner<D: Disk> {
 }
 
 /// A token bucket on a virtual clock: each read moves `next_free` on by
-/// its bytes' share of a second; a read starting before `next_free` waits.
-/// Idle time earns at most [`CatchUpPace::BURST`] of credit.
+/// its bytes' share of a second; no read starts before `next_free`. A
+/// read is booked only when it starts, so a reader that waited looks in
+/// the caches again first (another may have read its window meanwhile),
+/// and no wait is longer than one read's share. Idle time earns at most
+/// [`CatchUpPace::BURST`] of credit.
 #[derive(Debug)]
 struct CatchUpPace {
     bytes_per_sec: Option<u64>,
@@ -424,22 +427,25 @@ impl CatchUpPace {
 
     fn new(bytes_per_sec: Option<u64>) -> Self {
         Self {
-            bytes_per_sec: bytes_per_sec.filter(|&b| b > 0),
+            bytes_per_sec,
             next_free: std::cell::Cell::new(None),
         }
     }
 
-    /// How long a read of `bytes` must wait before it starts.
-    fn delay(&self, bytes: u64) -> std::time::Duration {
-        let Some(rate) = self.bytes_per_sec else {
+    /// Books a read of `bytes` starting `now` and returns zero, or returns
+    /// how long to wait before trying again (nothing booked).
+    fn try_book(&self, bytes: u64, now: std::time::Instant) -> std::time::Duration {
+        let Some(rate) = self.bytes_per_sec.filter(|&r| r > 0) else {
             return std::time::Duration::ZERO;
         };
-        let now = std::time::Instant::now();
         let earliest = now.checked_sub(Self::BURST).unwrap_or(now);
-        let start = self.next_free.get().map_or(now, |t| t.max(earliest));
+        let start = self.next_free.get().map_or(earliest, |t| t.max(earliest));
+        if start > now {
+            return start - now;
+        }
         let cost = std::time::Duration::from_nanos(bytes.saturating_mul(1_000_000_000) / rate);
         self.next_free.set(Some(start + cost));
-        start.saturating_duration_since(now)
+        std::time::Duration::ZERO
     }
 }
 
@@ -896,35 +902,41 @@ impl<D: Disk> Store<D> {
     /// prefix, queue, batch crc. Returns the batch's bytes.
     async fn read_entry(&self, q: QueueNum, entry: IndexEntry) -> Result<Bytes, StoreError> {
         let (pos, len) = (entry.position, entry.entry_len as usize);
-        let window = {
-            let st = self.inner.state.borrow();
-            if let Some(bytes) = st
-                .tail
-                .get(pos, len)
-                .or_else(|| st.read_ahead.get(pos, len))
-            {
-                return check_entry(q.0, pos, bytes);
-            }
-            let Some((seg_start, file)) = st.log.segment_for(pos) else {
-                return Err(StoreError::Corrupt {
-                    position: pos,
-                    reason: "no segment holds this position".into(),
-                });
+        let window = loop {
+            let wait = {
+                let st = self.inner.state.borrow();
+                if let Some(bytes) = st
+                    .tail
+                    .get(pos, len)
+                    .or_else(|| st.read_ahead.get(pos, len))
+                {
+                    return check_entry(q.0, pos, bytes);
+                }
+                let Some((seg_start, file)) = st.log.segment_for(pos) else {
+                    return Err(StoreError::Corrupt {
+                        position: pos,
+                        reason: "no segment holds this position".into(),
+                    });
+                };
+                // One large read from the entry's block on, never past what is
+                // written (later bytes may still change) or the segment's end.
+                let from = disk::align_down(pos);
+                let to = (from + self.inner.cfg.read_ahead_bytes as u64)
+                    .max(pos + len as u64)
+                    .min(st.log.written_pos.max(pos + len as u64))
+                    .min(seg_start + st.log.segment_bytes);
+                let wait = self
+                    .inner
+                    .catch_up_pace
+                    .try_book(to - from, std::time::Instant::now());
+                if wait.is_zero() {
+                    break (from, to, seg_start, file.clone());
+                }
+                wait
             };
-            // One large read from the entry's block on, never past what is
-            // written (later bytes may still change) or the segment's end.
-            let from = disk::align_down(pos);
-            let to = (from + self.inner.cfg.read_ahead_bytes as u64)
-                .max(pos + len as u64)
-                .min(st.log.written_pos.max(pos + len as u64))
-                .min(seg_start + st.log.segment_bytes);
-            (from, to, seg_start, file.clone())
+            glommio::timer::sleep(wait).await;
         };
         let (from, to, seg_start, file) = window;
-        let wait = self.inner.catch_up_pace.delay(to - from);
-        if !wait.is_zero() {
-            glommio::timer::sleep(wait).await;
-        }
         let read = glommio::spawn_local_into(
             async move { file.read_at(from - seg_start, (to - from) as usize).await },
             self.inner.catch_up,
@@ -1043,25 +1055,26 @@ fn place<F: DiskFile>(
 #[cfg(test)]
 mod tests {
     use super::CatchUpPace;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn catch_up_reads_wait_their_share_of_a_second() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let free = CatchUpPace::new(None);
-        assert_eq!(free.delay(1 << 30), Duration::ZERO);
+        assert_eq!(free.try_book(1 << 30, t0), Duration::ZERO);
         let pace = CatchUpPace::new(Some(1 << 20));
-        // The first read goes at once; the next waits for the first's
-        // second, and a third for both.
-        assert_eq!(pace.delay(1 << 20), Duration::ZERO);
-        let second = pace.delay(1 << 20);
-        assert!(
-            second > Duration::from_millis(900) && second <= Duration::from_secs(1),
-            "{second:?}"
-        );
-        let third = pace.delay(1 << 19);
-        assert!(
-            third > Duration::from_millis(1900) && third <= Duration::from_secs(2),
-            "{third:?}"
-        );
+        // The first MiB goes at once (with 20 ms of burst credit); the
+        // next waits for the rest of the first's second, unbooked.
+        assert_eq!(pace.try_book(1 << 20, t0), Duration::ZERO);
+        assert_eq!(pace.try_book(1 << 20, t0), ms(980));
+        assert_eq!(pace.try_book(1 << 20, t0 + ms(500)), ms(480));
+        assert_eq!(pace.try_book(1 << 19, t0 + ms(980)), Duration::ZERO);
+        assert_eq!(pace.try_book(1 << 20, t0 + ms(980)), ms(500));
+        // Ten idle seconds earn only the burst: two reads, then a wait.
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(pace.try_book(1 << 14, t1), Duration::ZERO);
+        assert_eq!(pace.try_book(1 << 14, t1), Duration::ZERO);
+        assert!(pace.try_book(1 << 20, t1) > Duration::ZERO);
     }
 }
