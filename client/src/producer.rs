@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use ringmq_core::messages::SendBatchRequest;
 use ringmq_core::{BatchBuilder, RecordInput, TopicName};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -138,14 +138,35 @@ struct Open {
     epoch: u64,
 }
 
+/// How one topic's keyless messages spread over its queues.
+#[derive(Debug, Default)]
+struct Spread {
+    /// The next queue index (per topic, so that topics used in turn each
+    /// still reach all their queues).
+    next: usize,
+    /// [`QueueSelector::Sticky`]: the queue being filled now.
+    sticky: Option<QueueRef>,
+}
+
+impl Spread {
+    /// The next index into `qs` (non-empty), stepping over `avoid`.
+    fn next_index(&mut self, qs: &[QueueRef], avoid: Option<&QueueRef>) -> usize {
+        let mut i = self.next;
+        self.next = i.wrapping_add(1);
+        if avoid.is_some_and(|a| qs[i % qs.len()] == *a) && qs.len() > 1 {
+            i += 1;
+        }
+        i
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     client: Client,
     cfg: ProducerConfig,
     open: RefCell<HashMap<QueueRef, Open>>,
-    rr: Cell<usize>,
-    /// [`QueueSelector::Sticky`]: the queue each topic fills now.
-    sticky: RefCell<HashMap<TopicName, QueueRef>>,
+    /// Per topic, for [`QueueSelector::RoundRobin`] and [`QueueSelector::Sticky`].
+    spread: RefCell<HashMap<TopicName, Spread>>,
     /// Buffered bytes not yet acknowledged, one permit per KiB.
     room: crate::conn::LocalSemaphore,
 }
@@ -174,8 +195,7 @@ impl Producer {
                 client: client.clone(),
                 cfg,
                 open: RefCell::new(HashMap::new()),
-                rr: Cell::new(0),
-                sticky: RefCell::new(HashMap::new()),
+                spread: RefCell::new(HashMap::new()),
                 room: crate::conn::LocalSemaphore::new(permits),
             }),
         }
@@ -194,34 +214,32 @@ impl Producer {
             )));
         }
         let i = match &self.inner.cfg.selector {
-            QueueSelector::RoundRobin => {
-                let mut i = self.inner.rr.get();
-                self.inner.rr.set(i.wrapping_add(1));
-                if avoid.is_some_and(|a| qs[i % qs.len()] == *a) && qs.len() > 1 {
-                    i += 1;
-                }
-                i
-            }
+            QueueSelector::RoundRobin => self.with_spread(topic, |s| s.next_index(&qs, avoid)),
             QueueSelector::Sticky => {
-                let mut sticky = self.inner.sticky.borrow_mut();
-                if let Some(q) = sticky.get(topic) {
-                    if avoid != Some(q) && qs.contains(q) {
-                        return Ok(q.clone());
+                return Ok(self.with_spread(topic, |s| {
+                    // A queue that left the route fails its send, which
+                    // retries with it as `avoid`.
+                    if let Some(q) = s.sticky.as_ref().filter(|q| avoid != Some(*q)) {
+                        return q.clone();
                     }
-                }
-                let mut i = self.inner.rr.get();
-                self.inner.rr.set(i.wrapping_add(1));
-                if avoid.is_some_and(|a| qs[i % qs.len()] == *a) && qs.len() > 1 {
-                    i += 1;
-                }
-                let q = qs[i % qs.len()].clone();
-                sticky.insert(topic.clone(), q.clone());
-                return Ok(q);
+                    let q = qs[s.next_index(&qs, avoid) % qs.len()].clone();
+                    s.sticky = Some(q.clone());
+                    q
+                }));
             }
             QueueSelector::KeyHash => key_hash(&msg.key),
             QueueSelector::Custom(f) => f(&qs, msg),
         };
         Ok(qs[i % qs.len()].clone())
+    }
+
+    /// Runs `f` on `topic`'s spread state (created on first use).
+    fn with_spread<R>(&self, topic: &TopicName, f: impl FnOnce(&mut Spread) -> R) -> R {
+        let mut spread = self.inner.spread.borrow_mut();
+        match spread.get_mut(topic) {
+            Some(s) => f(s),
+            None => f(spread.entry(topic.clone()).or_default()),
+        }
     }
 
     /// Sends one message; resolves once it is stored (durable per the
@@ -355,11 +373,12 @@ impl Producer {
             o.bytes = 0;
             std::mem::take(&mut o.messages)
         };
-        {
+        if matches!(self.inner.cfg.selector, QueueSelector::Sticky) {
             // The sticky queue's batch is leaving: the next message moves on.
-            let mut sticky = self.inner.sticky.borrow_mut();
-            if sticky.get(&q.topic) == Some(q) {
-                sticky.remove(&q.topic);
+            if let Some(s) = self.inner.spread.borrow_mut().get_mut(&q.topic) {
+                if s.sticky.as_ref() == Some(q) {
+                    s.sticky = None;
+                }
             }
         }
         let me = self.clone();

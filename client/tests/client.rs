@@ -353,6 +353,38 @@ fn a_sticky_producer_fills_one_queue_per_batch_and_moves_on() {
 }
 
 #[test]
+fn round_robin_reaches_every_queue_of_each_topic_used_in_turn() {
+    let c = Cluster::start();
+    c.create_topic("rr-a", 4);
+    c.create_topic("rr-b", 4);
+    let ns = c.namesrv();
+    block_on(async move {
+        let client = client(&ns, "rr");
+        let producer = Producer::new(&client, ProducerConfig::default());
+        let topics = [
+            TopicName::new("rr-a").unwrap(),
+            TopicName::new("rr-b").unwrap(),
+        ];
+        let mut used: BTreeMap<String, std::collections::BTreeSet<u32>> = BTreeMap::new();
+        // Topics in turn: one shared counter would give each topic only
+        // every other queue.
+        for i in 0..16 {
+            let t = &topics[i % 2];
+            let r = producer
+                .send(t, Message::new(format!("m{i}")))
+                .await
+                .unwrap();
+            used.entry(t.to_string())
+                .or_default()
+                .insert(r.queue.queue_id.0);
+        }
+        for (t, qs) in &used {
+            assert_eq!(qs.len(), 4, "{t}: {qs:?}");
+        }
+    });
+}
+
+#[test]
 fn a_group_of_three_shares_eight_queues_exactly_once_and_survives_a_leave() {
     let c = Cluster::start();
     c.create_topic("shared", 8);
