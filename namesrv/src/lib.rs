@@ -258,6 +258,14 @@ async fn connection(
             if frame.kind == FrameKind::Response {
                 continue;
             }
+            // Answers to many small requests read at once go out as they
+            // pass a MiB, so the outgoing buffer stays bounded.
+            if out.len() > 1 << 20 {
+                if writer.write_all(&out).await.is_err() {
+                    break 'conn;
+                }
+                out.clear();
+            }
             let result = frame
                 .decode_request()
                 .map_err(|e| ErrorResponse::new(e.error_code(), e.to_string()))
@@ -284,8 +292,13 @@ async fn connection(
                 out = BytesMut::new();
             }
         }
+        // The read window is zero-filled first: keep it near what one read
+        // brings, not the capacity a large registration chunk grew.
         let start = buf.len();
-        buf.resize(start + (buf.capacity() - start).max(16 * 1024), 0);
+        buf.resize(
+            start + (buf.capacity() - start).clamp(16 * 1024, 256 * 1024),
+            0,
+        );
         let n = match futures::future::select(reader.read(&mut buf[start..]), &mut stop).await {
             futures::future::Either::Left((r, _)) => r.unwrap_or(0),
             futures::future::Either::Right(_) => 0,

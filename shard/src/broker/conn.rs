@@ -19,6 +19,10 @@ use std::rc::Rc;
 
 /// Bytes read per socket read at least (more when a frame needs it).
 const READ_CHUNK: usize = 16 * 1024;
+/// Most bytes one socket read asks for: the window is zero-filled first,
+/// so it must stay near what a read brings, not the buffer's capacity
+/// (which doubles toward a large frame's size).
+const MAX_READ: usize = 256 * 1024;
 /// Answers coalesced into one socket write, at most.
 const WRITE_COALESCE_BYTES: usize = 256 * 1024;
 
@@ -197,7 +201,7 @@ pub(crate) async fn serve(
         }
         // Read more, unless the shard is stopping.
         let start = buf.len();
-        let want = (buf.capacity() - start).max(READ_CHUNK);
+        let want = (buf.capacity() - start).clamp(READ_CHUNK, MAX_READ);
         buf.resize(start + want, 0);
         let read = reader.read(&mut buf[start..]);
         let n = match select(read, &mut stop).await {
