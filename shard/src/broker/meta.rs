@@ -140,6 +140,13 @@ mod tests {
         let p = place(&t, 8, 2);
         assert_eq!(p, place(&t, 8, 2));
         assert_eq!(p.iter().filter(|&&s| s == 0).count(), 4);
+        // One-queue topics start on a shard of their name's choosing, so
+        // many of them use every shard (with a fixed start they would all
+        // land on shard 0).
+        let used: std::collections::BTreeSet<u16> = (0..32)
+            .map(|i| place(&TopicName::new(format!("t{i}")).unwrap(), 1, 4)[0])
+            .collect();
+        assert_eq!(used.len(), 4, "{used:?}");
     }
 
     #[test]
