@@ -70,8 +70,8 @@ pub(crate) fn rand_u64() -> u64 {
 pub struct QueueRef {
     /// The topic.
     pub topic: TopicName,
-    /// The broker holding it.
-    pub broker: String,
+    /// The broker holding it (shared: a `QueueRef` is cloned per message).
+    pub broker: Rc<str>,
     /// The queue.
     pub queue_id: QueueId,
 }
@@ -216,7 +216,7 @@ impl Client {
                 })
                 .map(|q| QueueRef {
                     topic: topic.clone(),
-                    broker: q.broker_name.clone(),
+                    broker: Rc::from(q.broker_name.as_str()),
                     queue_id: q.queue_id,
                 })
                 .collect();
@@ -271,7 +271,7 @@ impl Client {
         let shard = route
             .queues
             .iter()
-            .find(|r| r.broker_name == q.broker && r.queue_id == q.queue_id)
+            .find(|r| *r.broker_name == *q.broker && r.queue_id == q.queue_id)
             .map(|r| r.shard_id)
             .ok_or_else(|| {
                 ClientError::NoRoute(format!(
@@ -282,7 +282,7 @@ impl Client {
         let addr = route
             .brokers
             .iter()
-            .find(|b| b.broker_name == q.broker)
+            .find(|b| *b.broker_name == *q.broker)
             .and_then(|b| b.shards.iter().find(|s| s.shard_id == shard))
             .map(|s| s.addr.clone())
             .ok_or_else(|| ClientError::NoRoute(format!("shard {} of {}", shard.0, q.broker)))?;

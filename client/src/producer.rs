@@ -128,7 +128,34 @@ impl Default for ProducerConfig {
     }
 }
 
-type Done = oneshot::Sender<Result<SendResult, ClientError>>;
+/// Who learns a message's outcome.
+enum Done {
+    /// [`Producer::send`] and [`Producer::send_async`]: a waiting future.
+    Channel(oneshot::Sender<Result<SendResult, ClientError>>),
+    /// [`Producer::send_with_callback`]: called when the batch completes,
+    /// on the producer's thread, with no task or channel per message.
+    Callback(Box<dyn FnOnce(Result<SendResult, ClientError>)>),
+}
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Done::Channel(_) => "Channel",
+            Done::Callback(_) => "Callback",
+        })
+    }
+}
+
+impl Done {
+    fn complete(self, outcome: Result<SendResult, ClientError>) {
+        match self {
+            Done::Channel(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Done::Callback(f) => f(outcome),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct Open {
@@ -245,11 +272,9 @@ impl Producer {
     /// Sends one message; resolves once it is stored (durable per the
     /// broker's flush mode) with its queue and offset.
     pub async fn send(&self, topic: &TopicName, msg: Message) -> Result<SendResult, ClientError> {
-        let rx = self.enqueue(topic, msg, true).await?;
-        match rx {
-            Some(rx) => rx.await.unwrap_or(Err(ClientError::Closed)),
-            None => Err(ClientError::Closed),
-        }
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(topic, msg, Some(Done::Channel(tx))).await?;
+        rx.await.unwrap_or(Err(ClientError::Closed))
     }
 
     /// Queues a message and returns at once; the future resolves like
@@ -260,38 +285,35 @@ impl Producer {
         msg: Message,
     ) -> Result<impl std::future::Future<Output = Result<SendResult, ClientError>>, ClientError>
     {
-        let rx = self.enqueue(topic, msg, true).await?;
-        Ok(async move {
-            match rx {
-                Some(rx) => rx.await.unwrap_or(Err(ClientError::Closed)),
-                None => Err(ClientError::Closed),
-            }
-        })
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(topic, msg, Some(Done::Channel(tx))).await?;
+        Ok(async move { rx.await.unwrap_or(Err(ClientError::Closed)) })
     }
 
-    /// Queues a message and calls `callback` with the outcome.
+    /// Queues a message and calls `callback` with the outcome once its
+    /// batch completes (on this thread; it should not block). The cheapest
+    /// way to learn outcomes: no task or channel per message.
     pub async fn send_with_callback(
         &self,
         topic: &TopicName,
         msg: Message,
         callback: impl FnOnce(Result<SendResult, ClientError>) + 'static,
     ) -> Result<(), ClientError> {
-        let fut = self.send_async(topic, msg).await?;
-        monoio::spawn(async move { callback(fut.await) });
-        Ok(())
+        self.enqueue(topic, msg, Some(Done::Callback(Box::new(callback))))
+            .await
     }
 
     /// Queues a message; nobody learns the outcome (failures are logged).
     pub async fn send_oneway(&self, topic: &TopicName, msg: Message) -> Result<(), ClientError> {
-        self.enqueue(topic, msg, false).await.map(|_| ())
+        self.enqueue(topic, msg, None).await
     }
 
     async fn enqueue(
         &self,
         topic: &TopicName,
         msg: Message,
-        want: bool,
-    ) -> Result<Option<oneshot::Receiver<Result<SendResult, ClientError>>>, ClientError> {
+        done: Option<Done>,
+    ) -> Result<(), ClientError> {
         let size = msg.size();
         if size > self.inner.cfg.max_buffered_bytes {
             return Err(ClientError::Invalid(format!(
@@ -306,16 +328,10 @@ impl Producer {
                 return Err(e);
             }
         };
-        let (tx, rx) = if want {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
         let (full, first, epoch) = {
             let mut open = self.inner.open.borrow_mut();
             let o = open.entry(q.clone()).or_default();
-            o.messages.push((msg, tx));
+            o.messages.push((msg, done));
             o.bytes += size;
             (
                 o.bytes >= self.inner.cfg.batch_bytes,
@@ -346,7 +362,7 @@ impl Producer {
                 }
             });
         }
-        Ok(rx)
+        Ok(())
     }
 
     /// Gives back what [`Producer::enqueue`] took for one message of `size`.
@@ -448,9 +464,7 @@ impl Producer {
                 offset: base + i as u64,
             });
             match done {
-                Some(tx) => {
-                    let _ = tx.send(outcome);
-                }
+                Some(done) => done.complete(outcome),
                 None => {
                     if let Err(e) = outcome {
                         tracing::warn!(error = %e, "oneway send failed");

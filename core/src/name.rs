@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// RocketMQ's limit, so names survive a round trip through its tooling.
 pub const MAX_TOPIC_NAME_BYTES: usize = 127;
@@ -97,7 +98,7 @@ pub enum TopicKind {
 /// A validated topic name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct TopicName(String);
+pub struct TopicName(Arc<str>);
 
 impl TopicName {
     /// Accepts any valid topic name, reserved prefixes included (what the
@@ -119,7 +120,7 @@ impl TopicName {
             });
         }
         check_plain("topic", body, MAX_TOPIC_NAME_BYTES)?;
-        Ok(Self(name))
+        Ok(Self(name.into()))
     }
 
     /// Accepts only names a user may create: valid and without a reserved prefix.
@@ -132,19 +133,19 @@ impl TopicName {
             TopicKind::System => SYSTEM_TOPIC_PREFIX,
         };
         Err(NameError::Reserved {
-            name: topic.0,
+            name: topic.0.to_string(),
             prefix,
         })
     }
 
     /// The retry topic of `group`.
     pub fn retry(group: &GroupName) -> Self {
-        Self(format!("{RETRY_TOPIC_PREFIX}{}", group.0))
+        Self(format!("{RETRY_TOPIC_PREFIX}{}", group.0).into())
     }
 
     /// The dead-letter topic of `group`.
     pub fn dead_letter(group: &GroupName) -> Self {
-        Self(format!("{DLQ_TOPIC_PREFIX}{}", group.0))
+        Self(format!("{DLQ_TOPIC_PREFIX}{}", group.0).into())
     }
 
     /// What the topic is for.
@@ -169,14 +170,14 @@ impl TopicName {
 /// A validated consumer or producer group name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct GroupName(String);
+pub struct GroupName(Arc<str>);
 
 impl GroupName {
     /// Validates a group name.
     pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
         let name = name.into();
         check_plain("group", &name, MAX_GROUP_NAME_BYTES)?;
-        Ok(Self(name))
+        Ok(Self(name.into()))
     }
 
     /// The name as a string.
@@ -195,7 +196,7 @@ macro_rules! name_conversions {
         }
         impl From<$ty> for String {
             fn from(n: $ty) -> String {
-                n.0
+                n.0.to_string()
             }
         }
         impl std::str::FromStr for $ty {
@@ -340,8 +341,8 @@ mod arbitrary {
         type Strategy = BoxedStrategy<Self>;
         fn arbitrary_with(_: ()) -> Self::Strategy {
             prop_oneof![
-                "[A-Za-z0-9_.-]{1,40}".prop_map(TopicName),
-                "[a-z]{1,20}".prop_map(|g| TopicName(format!("{RETRY_TOPIC_PREFIX}{g}"))),
+                "[A-Za-z0-9_.-]{1,40}".prop_map(|s| TopicName(s.into())),
+                "[a-z]{1,20}".prop_map(|g| TopicName(format!("{RETRY_TOPIC_PREFIX}{g}").into())),
             ]
             .boxed()
         }
@@ -351,7 +352,9 @@ mod arbitrary {
         type Parameters = ();
         type Strategy = BoxedStrategy<Self>;
         fn arbitrary_with(_: ()) -> Self::Strategy {
-            "[A-Za-z0-9_.-]{1,40}".prop_map(GroupName).boxed()
+            "[A-Za-z0-9_.-]{1,40}"
+                .prop_map(|s| GroupName(s.into()))
+                .boxed()
         }
     }
 

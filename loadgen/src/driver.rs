@@ -253,35 +253,34 @@ async fn produce(
         let topic = &topics[(seq % topics.len() as u64) as usize];
         rec.borrow_mut().sent += 1;
         ctl.in_flight.set(ctl.in_flight.get() + 1);
-        let fut = match producer.send_async(topic, msg).await {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %e, "send refused");
-                rec.borrow_mut().failed += 1;
-                ctl.landed();
-                monoio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
         let rec2 = rec.clone();
         let ctl2 = ctl.clone();
-        let acks = acks.clone();
+        let acks2 = acks.clone();
         let size = w.size;
-        monoio::spawn(async move {
-            match fut.await {
-                Ok(_) => {
-                    rec2.borrow_mut().on_ack(stamp, size);
-                    if let Some(log) = acks {
-                        let _ = writeln!(log.borrow_mut(), "{id} {seq}");
+        // The callback runs when the batch completes: no task per message.
+        let on_done =
+            move |outcome: Result<ringmq_client::SendResult, ringmq_client::ClientError>| {
+                match outcome {
+                    Ok(_) => {
+                        rec2.borrow_mut().on_ack(stamp, size);
+                        if let Some(log) = acks2 {
+                            let _ = writeln!(log.borrow_mut(), "{id} {seq}");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "send failed");
+                        rec2.borrow_mut().failed += 1;
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "send failed");
-                    rec2.borrow_mut().failed += 1;
-                }
-            }
-            ctl2.landed();
-        });
+                ctl2.landed();
+            };
+        if let Err(e) = producer.send_with_callback(topic, msg, on_done).await {
+            tracing::warn!(error = %e, "send refused");
+            rec.borrow_mut().failed += 1;
+            ctl.landed();
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
         pacer.sent(seq).await;
         seq += 1;
     }
