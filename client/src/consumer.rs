@@ -318,6 +318,10 @@ struct QueueState {
     cached_messages: Cell<usize>,
     cached_bytes: Cell<usize>,
     committed: Cell<Option<u64>>,
+    /// [`StartFrom::Timestamp`] with no committed offset: messages born
+    /// before this are passed over until the first one at or after it.
+    /// A queue resumed from a commit never skips.
+    skip_before_ms: Cell<Option<i64>>,
 }
 
 impl QueueState {
@@ -513,7 +517,9 @@ impl PushConsumer {
         Ok(members.into_iter().collect())
     }
 
-    async fn start_offset(&self, q: &QueueRef) -> Result<u64, ClientError> {
+    /// Where consumption of `q` starts: the group's committed offset, or
+    /// (with none) per [`StartFrom`]; and whether it came from a commit.
+    async fn start_offset(&self, q: &QueueRef) -> Result<(u64, bool), ClientError> {
         let committed = match self.inner.cfg.mode {
             ConsumeMode::Broadcasting => self
                 .inner
@@ -529,17 +535,22 @@ impl PushConsumer {
             }
         };
         if let Some(o) = committed {
-            return Ok(o);
+            return Ok((o, true));
         }
         let (min, max) = self.inner.client.queue_offsets(q).await?;
-        Ok(match self.inner.cfg.start {
+        let from = match self.inner.cfg.start {
             StartFrom::First | StartFrom::Timestamp(_) => min,
             StartFrom::Last => max,
-        })
+        };
+        Ok((from, false))
     }
 
     async fn start_queue(&self, q: QueueRef) -> Result<(), ClientError> {
-        let from = self.start_offset(&q).await?;
+        let (from, from_commit) = self.start_offset(&q).await?;
+        let skip_before_ms = match self.inner.cfg.start {
+            StartFrom::Timestamp(ts) if !from_commit => Some(ts),
+            _ => None,
+        };
         let st = Rc::new(QueueState {
             stop: Cell::new(false),
             in_flight: RefCell::new(BTreeSet::new()),
@@ -547,6 +558,7 @@ impl PushConsumer {
             cached_messages: Cell::new(0),
             cached_bytes: Cell::new(0),
             committed: Cell::new(None),
+            skip_before_ms: Cell::new(skip_before_ms),
         });
         self.inner.queues.borrow_mut().insert(q.clone(), st.clone());
         tracing::info!(queue = q.queue_id.0, broker = %q.broker, from, "consuming queue");
@@ -614,8 +626,15 @@ impl PushConsumer {
                 if st.stop.get() {
                     break;
                 }
-                let skip = !filter.matches(&m.tag)
-                    || matches!(self.inner.cfg.start, StartFrom::Timestamp(ts) if m.timestamp_ms < ts && st.committed.get().is_none());
+                let too_old = match st.skip_before_ms.get() {
+                    Some(ts) if m.timestamp_ms < ts => true,
+                    Some(_) => {
+                        st.skip_before_ms.set(None);
+                        false
+                    }
+                    None => false,
+                };
+                let skip = too_old || !filter.matches(&m.tag);
                 st.next_fetch.set(m.offset + 1);
                 if skip {
                     continue;
