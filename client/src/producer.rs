@@ -49,6 +49,8 @@ impl Message {
         self
     }
 
+    /// At least the bytes this message takes in a batch: its fields plus
+    /// the most their length and header varints can take.
     fn size(&self) -> usize {
         self.key.len()
             + self.tag.len()
@@ -56,11 +58,24 @@ impl Message {
             + self
                 .properties
                 .iter()
-                .map(|(k, v)| k.len() + v.len() + 4)
+                .map(|(k, v)| k.len() + v.len() + 2 * MAX_LEN_VARINT)
                 .sum::<usize>()
-            + 16
+            + RECORD_OVERHEAD_MAX
     }
 }
+
+/// Most bytes a length varint takes for a record that fits a batch.
+const MAX_LEN_VARINT: usize = 5;
+
+/// Most bytes a record adds beyond its key, tag, body and properties:
+/// length, flags, time delta (up to 10), retry count, key and tag lengths
+/// and the property count.
+const RECORD_OVERHEAD_MAX: usize = MAX_LEN_VARINT + 1 + 10 + 1 + 3 * MAX_LEN_VARINT;
+
+/// Most record bytes one batch holds: a batch is closed before a message
+/// would take it past what the builder (and the broker) accept.
+const BATCH_CONTENT_MAX: usize =
+    ringmq_core::batch::DEFAULT_MAX_BATCH_BYTES - ringmq_core::batch::BATCH_HEADER_BYTES;
 
 /// Where a message was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +102,9 @@ pub enum QueueSelector {
     /// The load still spreads over every queue, batch by batch.
     Sticky,
     /// Hash of the message key: a key always maps to the same queue, so its
-    /// messages stay in order. Retries go to the same queue.
+    /// messages stay in order. Retries go to the same queue, and one batch
+    /// per queue is on the wire at a time, so a batch that has to retry is
+    /// never overtaken by the next.
     KeyHash,
     /// A function of the queues (sorted) and the message, returning an index.
     Custom(SelectFn),
@@ -163,6 +180,13 @@ struct Open {
     bytes: usize,
     /// Bumped per batch, so a linger timer flushes only its own batch.
     epoch: u64,
+    /// Key-ordered sends ([`QueueSelector::KeyHash`]): batches of this
+    /// queue take numbered turns, and only the batch whose turn it is is
+    /// on the wire (retries included), so a later batch can never be
+    /// stored before an earlier one that had to retry.
+    next_turn: u64,
+    serving: u64,
+    turn_waiters: Vec<std::task::Waker>,
 }
 
 /// How one topic's keyless messages spread over its queues.
@@ -315,9 +339,10 @@ impl Producer {
         done: Option<Done>,
     ) -> Result<(), ClientError> {
         let size = msg.size();
-        if size > self.inner.cfg.max_buffered_bytes {
+        if size > self.inner.cfg.max_buffered_bytes || size > BATCH_CONTENT_MAX {
             return Err(ClientError::Invalid(format!(
-                "message of {size} bytes is over the buffer"
+                "message of about {size} bytes is over the limit ({} bytes)",
+                self.inner.cfg.max_buffered_bytes.min(BATCH_CONTENT_MAX)
             )));
         }
         self.inner.room.acquire_many(permits_for(size)).await;
@@ -328,6 +353,17 @@ impl Producer {
                 return Err(e);
             }
         };
+        // A message that would take the open batch over what one batch
+        // may hold starts the next one.
+        let overflows = self
+            .inner
+            .open
+            .borrow()
+            .get(&q)
+            .is_some_and(|o| !o.messages.is_empty() && o.bytes + size > BATCH_CONTENT_MAX);
+        if overflows {
+            self.flush_queue(&q);
+        }
         let (full, first, epoch) = {
             let mut open = self.inner.open.borrow_mut();
             let o = open.entry(q.clone()).or_default();
@@ -379,7 +415,7 @@ impl Producer {
     }
 
     fn flush_queue(&self, q: &QueueRef) {
-        let batch = {
+        let (batch, turn) = {
             let mut open = self.inner.open.borrow_mut();
             let Some(o) = open.get_mut(q) else { return };
             if o.messages.is_empty() {
@@ -387,7 +423,8 @@ impl Producer {
             }
             o.epoch += 1;
             o.bytes = 0;
-            std::mem::take(&mut o.messages)
+            o.next_turn += 1;
+            (std::mem::take(&mut o.messages), o.next_turn - 1)
         };
         if matches!(self.inner.cfg.selector, QueueSelector::Sticky) {
             // The sticky queue's batch is leaving: the next message moves on.
@@ -399,7 +436,35 @@ impl Producer {
         }
         let me = self.clone();
         let q = q.clone();
-        monoio::spawn(async move { me.send_batch(q, batch).await });
+        monoio::spawn(async move { me.send_batch(q, batch, turn).await });
+    }
+
+    /// Waits until batch `turn` of `q` may go on the wire.
+    async fn wait_turn(&self, q: &QueueRef, turn: u64) {
+        futures::future::poll_fn(|cx| {
+            let mut open = self.inner.open.borrow_mut();
+            match open.get_mut(q) {
+                Some(o) if o.serving < turn => {
+                    o.turn_waiters.push(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+                _ => std::task::Poll::Ready(()),
+            }
+        })
+        .await;
+    }
+
+    /// Batch `turn` of `q` is done: the next may go.
+    fn end_turn(&self, q: &QueueRef) {
+        let waiters = {
+            let mut open = self.inner.open.borrow_mut();
+            let Some(o) = open.get_mut(q) else { return };
+            o.serving += 1;
+            std::mem::take(&mut o.turn_waiters)
+        };
+        for w in waiters {
+            w.wake();
+        }
     }
 
     fn build(q: &QueueRef, messages: &[(Message, Option<Done>)]) -> Result<Bytes, ClientError> {
@@ -426,9 +491,13 @@ impl Producer {
         b.finish().map_err(|e| ClientError::Invalid(e.to_string()))
     }
 
-    async fn send_batch(self, mut q: QueueRef, messages: Vec<(Message, Option<Done>)>) {
+    async fn send_batch(self, mut q: QueueRef, messages: Vec<(Message, Option<Done>)>, turn: u64) {
         let sizes: Vec<usize> = messages.iter().map(|(m, _)| m.size()).collect();
         let ordered = matches!(self.inner.cfg.selector, QueueSelector::KeyHash);
+        let first_queue = q.clone();
+        if ordered {
+            self.wait_turn(&q, turn).await;
+        }
         let mut attempt = 0;
         let result = loop {
             let body = match Self::build(&q, &messages) {
@@ -455,6 +524,9 @@ impl Producer {
                 Err(e) => break Err(e),
             }
         };
+        // Every batch takes a turn number; only ordered sends wait for
+        // theirs, and every batch ends its own so later ones never stall.
+        self.end_turn(&first_queue);
         for size in sizes {
             self.release(size);
         }
