@@ -583,6 +583,120 @@ fn a_restarted_consumer_resumes_at_its_committed_offset_and_tags_filter() {
 }
 
 #[test]
+fn a_timestamp_start_skips_older_messages_but_never_resumes_past_a_commit() {
+    let c = Cluster::start();
+    c.create_topic("since", 1);
+    let ns = c.namesrv();
+    block_on(async move {
+        let topic = TopicName::new("since").unwrap();
+        let producer = Producer::new(&client(&ns, "prod"), ProducerConfig::default());
+        let send = |i: u32| {
+            let producer = producer.clone();
+            let topic = topic.clone();
+            async move {
+                producer
+                    .send(&topic, Message::new(format!("s{i}")))
+                    .await
+                    .unwrap()
+            }
+        };
+        for i in 0..10 {
+            send(i).await;
+        }
+        // Store time stamps are in ms: leave a clear gap around `since`.
+        monoio::time::sleep(Duration::from_millis(30)).await;
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        monoio::time::sleep(Duration::from_millis(30)).await;
+        let mut q = None;
+        for i in 10..20 {
+            q = Some(send(i).await.queue);
+        }
+        let q = q.unwrap();
+        let numbers = |seen: &Seen| -> Vec<u32> {
+            let mut n: Vec<u32> = seen
+                .borrow()
+                .iter()
+                .map(|(_, b)| String::from_utf8_lossy(&b[1..]).parse().unwrap())
+                .collect();
+            n.sort();
+            n
+        };
+        let run = |group: &'static str, expect: usize| {
+            let ns = ns.clone();
+            let topic = topic.clone();
+            async move {
+                let seen: Seen = Rc::default();
+                let mut cfg = push_cfg(group);
+                cfg.start = StartFrom::Timestamp(since);
+                let consumer = PushConsumer::new(&client(&ns, group), cfg).unwrap();
+                consumer.subscribe(&topic, "*").unwrap();
+                consumer.start(recorder(&seen, group)).await.unwrap();
+                assert!(wait_until(Duration::from_secs(5), || seen.borrow().len() >= expect).await);
+                monoio::time::sleep(Duration::from_millis(200)).await;
+                consumer.shutdown().await;
+                seen
+            }
+        };
+        // A new group starts at the time stamp.
+        let fresh = run("since-new", 10).await;
+        assert_eq!(numbers(&fresh), (10..20).collect::<Vec<_>>());
+        // A group that committed offset 5 resumes there: the time stamp is
+        // only for groups with no commit.
+        let group = GroupName::new("since-old").unwrap();
+        PullConsumer::new(&client(&ns, "committer"), group)
+            .commit(&q, 5)
+            .await
+            .unwrap();
+        let resumed = run("since-old", 15).await;
+        assert_eq!(numbers(&resumed), (5..20).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn sends_past_one_batch_limit_split_and_an_oversize_message_is_refused() {
+    let c = Cluster::start();
+    c.create_topic("big", 1);
+    let ns = c.namesrv();
+    block_on(async move {
+        let topic = TopicName::new("big").unwrap();
+        let producer = Producer::new(
+            &client(&ns, "prod"),
+            ProducerConfig {
+                // Everything below would wait for one batch: 10 MiB of
+                // messages must still go out as batches the broker takes.
+                batch_bytes: 64 << 20,
+                linger: Duration::from_millis(100),
+                ..Default::default()
+            },
+        );
+        let mut pending = Vec::new();
+        for i in 0..10u8 {
+            let body = vec![i; 1 << 20];
+            pending.push(
+                producer
+                    .send_async(&topic, Message::new(body))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut offsets = Vec::new();
+        for p in pending {
+            offsets.push(p.await.unwrap().offset);
+        }
+        assert_eq!(offsets, (0..10).collect::<Vec<u64>>());
+        let err = producer
+            .send(&topic, Message::new(vec![0u8; 5 << 20]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("over the limit"), "{err}");
+    });
+}
+
+#[test]
 fn retry_later_redelivers_and_never_commits_past_it() {
     let c = Cluster::start();
     c.create_topic("retry", 1);
