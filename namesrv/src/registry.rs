@@ -101,6 +101,42 @@ impl Registry {
             )));
         }
         let key = (req.broker_name.clone(), req.broker_id);
+        // Check the chunk before touching anything: a rejected chunk
+        // changes no entry and creates none.
+        let pending_topics = if req.chunk_index == 0 {
+            Some(0)
+        } else {
+            self.brokers
+                .get(&key)
+                .and_then(|e| e.pending.as_ref())
+                .filter(|p| {
+                    p.data_version == req.data_version
+                        && p.chunk_count == req.chunk_count
+                        && p.next_chunk == req.chunk_index
+                })
+                .map(|p| p.topics.len())
+        };
+        let reject = |brokers: &mut BTreeMap<BrokerKey, BrokerEntry>, why: String| {
+            if let Some(e) = brokers.get_mut(&key) {
+                e.pending = None;
+            }
+            Err(invalid(why))
+        };
+        let Some(pending_topics) = pending_topics else {
+            return reject(
+                &mut self.brokers,
+                format!(
+                    "chunk {} of data version {} does not continue a registration; start again at chunk 0",
+                    req.chunk_index, req.data_version
+                ),
+            );
+        };
+        if pending_topics + req.topics.len() > MAX_TOPICS_PER_BROKER {
+            return reject(
+                &mut self.brokers,
+                format!("more than {MAX_TOPICS_PER_BROKER} topics from one broker"),
+            );
+        }
         let route = BrokerRoute {
             broker_name: req.broker_name.clone(),
             broker_id: req.broker_id,
@@ -134,23 +170,9 @@ impl Registry {
                 topics: Vec::new(),
             });
         }
-        let Some(p) = entry.pending.as_mut().filter(|p| {
-            p.data_version == req.data_version
-                && p.chunk_count == req.chunk_count
-                && p.next_chunk == req.chunk_index
-        }) else {
-            entry.pending = None;
-            return Err(invalid(format!(
-                "chunk {} of data version {} does not continue a registration; start again at chunk 0",
-                req.chunk_index, req.data_version
-            )));
+        let Some(p) = entry.pending.as_mut() else {
+            return Err(invalid("registration state lost".to_string()));
         };
-        if p.topics.len() + req.topics.len() > MAX_TOPICS_PER_BROKER {
-            entry.pending = None;
-            return Err(invalid(format!(
-                "more than {MAX_TOPICS_PER_BROKER} topics from one broker"
-            )));
-        }
         p.topics.extend(req.topics);
         p.next_chunk += 1;
         if p.next_chunk == p.chunk_count {
@@ -387,6 +409,32 @@ mod tests {
         assert_eq!(err.code, ErrorCode::InvalidArgument);
         assert_eq!(r.topics(), vec![TopicName::new("old").unwrap()]);
         assert!(r.register(reg("a", 2, 1, 0, vec![]), 1, now).is_err());
+    }
+
+    #[test]
+    fn a_rejected_chunk_creates_no_broker_and_changes_none() {
+        let mut r = Registry::new(Duration::from_secs(10));
+        let now = Instant::now();
+        // A stray middle chunk from a broker nobody knows: no entry.
+        assert!(r.register(reg("ghost", 1, 1, 2, vec![]), 7, now).is_err());
+        assert!(r.cluster(now).is_empty(), "{:?}", r.cluster(now));
+        r.register(reg("a", 1, 0, 1, vec![topic("t", 1, 1)]), 1, now)
+            .unwrap();
+        let mut bad = reg("a", 2, 1, 2, vec![]);
+        bad.front_addr = "elsewhere:1".into();
+        bad.version = "bad".into();
+        assert!(r.register(bad, 9, now).is_err());
+        let info = r.cluster(now);
+        assert_eq!(info.len(), 1);
+        assert_eq!(info[0].route.front_addr, "a:10911", "route unchanged");
+        assert_eq!(info[0].version, "test");
+        assert_eq!(
+            r.route(&TopicName::new("t").unwrap()).unwrap().queues.len(),
+            1
+        );
+        // Its connection is still the one that registered.
+        r.connection_closed(9);
+        assert!(r.route(&TopicName::new("t").unwrap()).is_ok());
     }
 
     #[test]
