@@ -94,6 +94,9 @@ error_codes! {
     /// The fetch offset is outside the queue's retained range; `detail`
     /// carries the earliest offset still stored.
     OffsetOutOfRange = 27, retriable: false;
+    /// The topic's permissions forbid this: a send to a topic that is not
+    /// writable, or a fetch from one that is not readable.
+    NoPermission = 28, retriable: false;
     /// A write or fsync failed earlier; the shard's log refuses writes until restarted.
     StorePoisoned = 40, retriable: false;
     /// The disk is full; nothing acknowledged was lost.

@@ -217,6 +217,32 @@ fn bad_input_gets_typed_errors_and_hurts_no_one_else() {
         )),
         ErrorCode::InvalidName
     );
+    // Topic permissions: no sends to a read-only topic, no fetches from a
+    // write-only one.
+    for (name, perm) in [
+        ("ro", ringmq_core::route::Perm::READ),
+        ("wo", ringmq_core::route::Perm::WRITE),
+    ] {
+        good.call(
+            CreateTopicRequest {
+                topic: TopicName::new(name).unwrap(),
+                queue_count: 1,
+                perm,
+            },
+            Bytes::new(),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        code(good.produce("ro", 0, &bodies("x", 1))),
+        ErrorCode::NoPermission
+    );
+    assert!(good.produce("wo", 0, &bodies("x", 1)).is_ok());
+    assert_eq!(
+        code(good.call(fetch("wo", 0, 0, 0), Bytes::new())),
+        ErrorCode::NoPermission
+    );
+    assert!(good.call(fetch("ro", 0, 0, 0), Bytes::new()).is_ok());
     // A batch whose crc fails.
     let mut bad = batch(0, &bodies("crc", 2)).to_vec();
     let last = bad.len() - 1;

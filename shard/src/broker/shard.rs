@@ -292,6 +292,14 @@ impl Shard {
         let expiry = Duration::from_millis(self.cfg.group_expiry_ms);
         let mut groups = self.groups.borrow_mut();
         if groups.len() >= MAX_GROUPS && !groups.contains_key(&h.group) {
+            // Members that vanished without leaving only expire when their
+            // group hears again: at the cap, sweep every group once.
+            groups.retain(|_, members| {
+                members.retain(|_, seen| now.saturating_duration_since(*seen) <= expiry);
+                !members.is_empty()
+            });
+        }
+        if groups.len() >= MAX_GROUPS && !groups.contains_key(&h.group) {
             return Reply::err(
                 ErrorCode::Busy,
                 format!("more than {MAX_GROUPS} live groups"),
@@ -357,7 +365,7 @@ impl Shard {
                 let (_, perm) = self.owner(&h.topic, h.queue_id)?;
                 if !perm.writable() {
                     return Err(ErrorResponse::new(
-                        ErrorCode::InvalidArgument,
+                        ErrorCode::NoPermission,
                         format!("topic {} is not writable", h.topic),
                     ));
                 }
@@ -373,6 +381,13 @@ impl Shard {
                 })))
             }
             Request::Fetch(h) => {
+                let (_, perm) = self.owner(&h.topic, h.queue_id)?;
+                if !perm.readable() {
+                    return Err(ErrorResponse::new(
+                        ErrorCode::NoPermission,
+                        format!("topic {} is not readable", h.topic),
+                    ));
+                }
                 let q = self.queue(&h.topic, h.queue_id)?;
                 // Room for the response's own frame fields under the cap.
                 let max_bytes = (h.max_bytes as usize)
