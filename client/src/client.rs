@@ -83,13 +83,34 @@ struct CachedRoute {
     /// Sorted writable and readable queues, built once per route.
     writable: Rc<Vec<QueueRef>>,
     readable: Rc<Vec<QueueRef>>,
+    /// Each queue's shard address, resolved once per route (a host name
+    /// would otherwise be looked up, blocking, on every request).
+    addrs: HashMap<(Rc<str>, QueueId), SocketAddr>,
 }
 
-#[derive(Debug)]
+/// A route fetch in progress, shared by every caller that needs it.
+type RouteFetch = futures::future::Shared<
+    futures::future::LocalBoxFuture<'static, Result<Rc<TopicRoute>, ClientError>>,
+>;
+
 pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
     conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
     routes: RefCell<HashMap<TopicName, CachedRoute>>,
+    /// One route fetch per topic at a time: a burst of sends to a topic
+    /// whose route expired asks the name server once.
+    fetching: RefCell<HashMap<TopicName, RouteFetch>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("cfg", &self.cfg)
+            .field("conns", &self.conns)
+            .field("routes", &self.routes)
+            .field("fetching", &self.fetching.borrow().len())
+            .finish()
+    }
 }
 
 /// A handle to the client core; clones share connections and routes.
@@ -119,6 +140,7 @@ impl Client {
                 cfg,
                 conns: RefCell::new(HashMap::new()),
                 routes: RefCell::new(HashMap::new()),
+                fetching: RefCell::new(HashMap::new()),
             }),
         })
     }
@@ -188,8 +210,44 @@ impl Client {
         self.refresh_route(topic).await
     }
 
-    /// Fetches the topic's route now.
+    /// Fetches the topic's route now (joining a fetch already under way).
     pub async fn refresh_route(&self, topic: &TopicName) -> Result<Rc<TopicRoute>, ClientError> {
+        use futures::FutureExt;
+        let existing = self.inner.fetching.borrow().get(topic).cloned();
+        let fetch = match existing {
+            Some(f) => f,
+            None => {
+                // Weak: the map holds the future, which must not keep the
+                // client alive.
+                let weak = Rc::downgrade(&self.inner);
+                let t = topic.clone();
+                let f = async move {
+                    match weak.upgrade() {
+                        Some(inner) => Client { inner }.fetch_route(&t).await,
+                        None => Err(ClientError::Closed),
+                    }
+                }
+                .boxed_local()
+                .shared();
+                self.inner
+                    .fetching
+                    .borrow_mut()
+                    .insert(topic.clone(), f.clone());
+                f
+            }
+        };
+        let result = fetch.clone().await;
+        // Whoever sees it finish removes it (the starter may have been
+        // dropped); a newer fetch for the topic stays.
+        let mut fetching = self.inner.fetching.borrow_mut();
+        if fetching.get(topic).is_some_and(|f| f.ptr_eq(&fetch)) {
+            fetching.remove(topic);
+        }
+        result
+    }
+
+    /// Asks the name servers for the topic's route and caches it.
+    async fn fetch_route(&self, topic: &TopicName) -> Result<Rc<TopicRoute>, ClientError> {
         let route = match self
             .namesrv_call(QueryRouteRequest {
                 topic: topic.clone(),
@@ -223,6 +281,24 @@ impl Client {
             qs.sort();
             Rc::new(qs)
         };
+        let mut resolved: HashMap<&str, Option<SocketAddr>> = HashMap::new();
+        let mut addrs = HashMap::new();
+        for q in &route.queues {
+            let shard_addr = route
+                .brokers
+                .iter()
+                .find(|b| b.broker_name == q.broker_name)
+                .and_then(|b| b.shards.iter().find(|s| s.shard_id == q.shard_id));
+            let Some(shard_addr) = shard_addr else {
+                continue;
+            };
+            let addr = *resolved
+                .entry(shard_addr.addr.as_str())
+                .or_insert_with(|| resolve(&shard_addr.addr).ok());
+            if let Some(addr) = addr {
+                addrs.insert((Rc::from(q.broker_name.as_str()), q.queue_id), addr);
+            }
+        }
         self.inner.routes.borrow_mut().insert(
             topic.clone(),
             CachedRoute {
@@ -230,6 +306,7 @@ impl Client {
                 fetched: Instant::now(),
                 writable: list(true),
                 readable: list(false),
+                addrs,
             },
         );
         Ok(route)
@@ -267,6 +344,15 @@ impl Client {
 
     /// The shard address that owns `q`.
     pub async fn shard_addr(&self, q: &QueueRef) -> Result<SocketAddr, ClientError> {
+        let cached = self.inner.routes.borrow().get(&q.topic).and_then(|c| {
+            (c.fetched.elapsed() < self.inner.cfg.route_refresh)
+                .then(|| c.addrs.get(&(q.broker.clone(), q.queue_id)).copied())
+                .flatten()
+        });
+        if let Some(addr) = cached {
+            return Ok(addr);
+        }
+        // Not cached (or not resolvable): the long way, with its errors.
         let route = self.route(&q.topic).await?;
         let shard = route
             .queues

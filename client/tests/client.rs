@@ -697,6 +697,39 @@ fn sends_past_one_batch_limit_split_and_an_oversize_message_is_refused() {
 }
 
 #[test]
+fn concurrent_route_refreshes_share_one_fetch() {
+    let c = Cluster::start();
+    c.create_topic("shared-route", 4);
+    let ns = c.namesrv();
+    block_on(async move {
+        let topic = TopicName::new("shared-route").unwrap();
+        let client = client(&ns, "routes");
+        let fetches: Vec<_> = (0..20)
+            .map(|_| {
+                let (client, topic) = (client.clone(), topic.clone());
+                monoio::spawn(async move { client.refresh_route(&topic).await.unwrap() })
+            })
+            .collect();
+        let mut routes = Vec::new();
+        for f in fetches {
+            routes.push(f.await);
+        }
+        assert!(
+            routes.iter().all(|r| Rc::ptr_eq(r, &routes[0])),
+            "one fetch served every caller"
+        );
+        let again = client.refresh_route(&topic).await.unwrap();
+        assert!(
+            !Rc::ptr_eq(&again, &routes[0]),
+            "a later refresh fetches anew"
+        );
+        for q in client.queues(&topic, true).await.unwrap().iter() {
+            assert!(client.shard_addr(q).await.unwrap().ip().is_loopback());
+        }
+    });
+}
+
+#[test]
 fn retry_later_redelivers_and_never_commits_past_it() {
     let c = Cluster::start();
     c.create_topic("retry", 1);
