@@ -295,6 +295,31 @@ fn catch_up_reads_do_not_evict_the_tail() {
 }
 
 #[test]
+fn a_paced_catch_up_fetch_returns_what_it_has_instead_of_waiting() {
+    run(|| async {
+        let mut cfg = small_config("/data");
+        // One 16 KiB read-ahead window costs a quarter of a second.
+        cfg.catch_up_bytes_per_sec = Some(64 * 1024);
+        let (_, store, q) = fresh_store(cfg).await;
+        let all = append_bodies(&store, q, 0..100, 2, 400).await;
+        let first = store.fetch(q, 0, 1 << 20).await.unwrap();
+        assert!(!first.batches.is_empty());
+        assert!(
+            first.next_offset < first.max_offset,
+            "stopped at the read budget with {} of {} records instead of waiting for the rest",
+            first.next_offset,
+            first.max_offset
+        );
+        // The next fetch has nothing yet, so it waits its turn and goes on.
+        let second = store.fetch(q, first.next_offset, 1 << 20).await.unwrap();
+        assert!(second.next_offset > first.next_offset);
+        let got: Vec<Vec<u8>> = read_bodies(&store, q).await;
+        assert_eq!(got, all);
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
 fn zero_filled_segments_work_like_fallocated_ones() {
     run(|| async {
         let mut cfg = small_config("/data");
@@ -422,6 +447,16 @@ fn a_deleted_topic_recreated_starts_empty_across_restarts() {
         assert_eq!(store.delete_queues(&topic()).await.unwrap(), 1);
         assert!(store.queue(&topic(), QueueId(0)).is_none());
         assert_eq!(store.delete_queues(&topic()).await.unwrap(), 0);
+        // The delete is durable: gone after a clean restart and after a
+        // crash (recovery applies the tombstone, it does not bring the
+        // queue back from the log or the checkpoint).
+        store.close().await.unwrap();
+        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        assert!(store.queue(&topic(), QueueId(0)).is_none(), "clean restart");
+        drop(store);
+        disk.crash(None);
+        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        assert!(store.queue(&topic(), QueueId(0)).is_none(), "after a crash");
         let q2 = store.create_queue(&topic(), QueueId(0)).await.unwrap();
         assert_ne!(q2, q);
         assert!(read_bodies(&store, q2).await.is_empty());

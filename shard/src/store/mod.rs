@@ -697,7 +697,12 @@ impl<D: Disk> Store<D> {
         let mut bytes = 0;
         while out.next_offset < visible && (out.batches.is_empty() || bytes < max_bytes) {
             let entry = self.index_entry(q, out.next_offset).await?;
-            let batch = self.read_entry(q, entry).await?;
+            // A fetch that has batches already returns them rather than wait
+            // for the catch-up read budget.
+            let may_wait = out.batches.is_empty();
+            let Some(batch) = self.read_entry(q, entry, may_wait).await? else {
+                break;
+            };
             let header = batch::BatchHeader::peek(&batch)?;
             if !(header.base_offset..header.next_offset()).contains(&out.next_offset) {
                 return Err(StoreError::Corrupt {
@@ -899,8 +904,14 @@ impl<D: Disk> Store<D> {
 
     /// Reads a log entry (tail cache, then read-ahead windows, else one large
     /// sequential read in the catch-up task queue) and checks it again:
-    /// prefix, queue, batch crc. Returns the batch's bytes.
-    async fn read_entry(&self, q: QueueNum, entry: IndexEntry) -> Result<Bytes, StoreError> {
+    /// prefix, queue, batch crc. Returns the batch's bytes, or `None` when
+    /// the read must wait for the catch-up budget and `may_wait` is false.
+    async fn read_entry(
+        &self,
+        q: QueueNum,
+        entry: IndexEntry,
+        may_wait: bool,
+    ) -> Result<Option<Bytes>, StoreError> {
         let (pos, len) = (entry.position, entry.entry_len as usize);
         let window = loop {
             let wait = {
@@ -910,7 +921,7 @@ impl<D: Disk> Store<D> {
                     .get(pos, len)
                     .or_else(|| st.read_ahead.get(pos, len))
                 {
-                    return check_entry(q.0, pos, bytes);
+                    return check_entry(q.0, pos, bytes).map(Some);
                 }
                 let Some((seg_start, file)) = st.log.segment_for(pos) else {
                     return Err(StoreError::Corrupt {
@@ -932,6 +943,9 @@ impl<D: Disk> Store<D> {
                 if wait.is_zero() {
                     break (from, to, seg_start, file.clone());
                 }
+                if !may_wait {
+                    return Ok(None);
+                }
                 wait
             };
             glommio::timer::sleep(wait).await;
@@ -951,7 +965,7 @@ impl<D: Disk> Store<D> {
             Bytes::new()
         };
         self.inner.state.borrow_mut().read_ahead.push(from, read);
-        check_entry(q.0, pos, bytes)
+        check_entry(q.0, pos, bytes).map(Some)
     }
 }
 
