@@ -228,8 +228,17 @@ pub struct PushConfig {
     pub max_cached_messages: usize,
     /// And bytes.
     pub max_cached_bytes: usize,
-    /// Wait for a retried message.
+    /// Wait before a message is delivered again; it doubles with each
+    /// redelivery, up to `max_retry_delay`.
     pub retry_delay: Duration,
+    /// The longest wait between redeliveries.
+    pub max_retry_delay: Duration,
+    /// Redeliveries of a message the listener keeps asking to see again.
+    /// After the last, the message is stored in the group's dead-letter
+    /// topic (`%DLQ%<group>`, created on first use) and its offset may be
+    /// committed, so one bad message cannot hold a queue's commits back
+    /// for ever. 0: redeliver for ever.
+    pub max_reconsume_times: u32,
     /// Broadcasting: the folder where this member keeps its offsets.
     pub offsets_dir: Option<PathBuf>,
     /// Bytes per fetch.
@@ -249,6 +258,8 @@ impl PushConfig {
             max_cached_messages: 1000,
             max_cached_bytes: 64 << 20,
             retry_delay: Duration::from_millis(200),
+            max_retry_delay: Duration::from_secs(60),
+            max_reconsume_times: 16,
             offsets_dir: None,
             fetch_bytes: 1 << 20,
         }
@@ -345,6 +356,8 @@ struct PushInner {
     stopped: Cell<bool>,
     /// Broadcasting: offsets kept by this member.
     local_offsets: RefCell<BTreeMap<String, u64>>,
+    /// Sends to the dead-letter topic (made on first use).
+    dead_letters: RefCell<Option<crate::producer::Producer>>,
 }
 
 /// A push consumer.
@@ -399,6 +412,7 @@ impl PushConsumer {
                 queues: RefCell::new(HashMap::new()),
                 stopped: Cell::new(false),
                 local_offsets: RefCell::new(local),
+                dead_letters: RefCell::new(None),
             }),
         })
     }
@@ -670,15 +684,28 @@ impl PushConsumer {
         }
     }
 
-    /// Delivers a message the listener asked to see again, after the retry
-    /// delay, until it succeeds; then its offset may be committed.
+    /// Delivers a message the listener asked to see again, after a delay
+    /// that doubles each time, until it succeeds or (after
+    /// `max_reconsume_times` redeliveries) is stored in the dead-letter
+    /// topic; then its offset may be committed.
     async fn retry(&self, mut m: MessageView, st: &QueueState) {
         let Some(listener) = self.inner.listener.borrow().clone() else {
             return;
         };
+        let cfg = &self.inner.cfg;
+        let mut delay = cfg.retry_delay;
         loop {
+            if cfg.max_reconsume_times > 0 && m.reconsume_times >= cfg.max_reconsume_times {
+                if !self.dead_letter(&m, st).await {
+                    return; // stopped first: not committed; redelivered elsewhere
+                }
+                break;
+            }
             m.reconsume_times += 1;
-            monoio::time::sleep(self.inner.cfg.retry_delay).await;
+            monoio::time::sleep(delay).await;
+            delay = delay
+                .saturating_mul(2)
+                .min(cfg.max_retry_delay.max(cfg.retry_delay));
             if self.inner.stopped.get() || st.stop.get() {
                 return; // not succeeded: not committed; redelivered elsewhere
             }
@@ -691,6 +718,85 @@ impl PushConsumer {
             .set(st.cached_messages.get().saturating_sub(1));
         st.cached_bytes
             .set(st.cached_bytes.get().saturating_sub(m.body.len()));
+    }
+
+    /// Stores `m` in the group's dead-letter topic, creating the topic on
+    /// the message's broker when it has no route yet; tries until it is
+    /// stored (true) or the consumer or queue stops (false). The copy keeps
+    /// key, tag and body, and says where it came from in its properties.
+    async fn dead_letter(&self, m: &MessageView, st: &QueueState) -> bool {
+        let dlq = TopicName::dead_letter(&self.inner.cfg.group);
+        let producer = self
+            .inner
+            .dead_letters
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                crate::producer::Producer::new(&self.inner.client, Default::default())
+            })
+            .clone();
+        let wait = self.inner.cfg.retry_delay.max(Duration::from_millis(100));
+        loop {
+            if self.inner.stopped.get() || st.stop.get() {
+                return false;
+            }
+            let mut copy = crate::producer::Message::new(m.body.clone())
+                .with_key(m.key.clone())
+                .with_tag(m.tag.clone());
+            copy.properties = vec![
+                ("ORIGIN_TOPIC".into(), m.queue.topic.to_string()),
+                ("ORIGIN_QUEUE".into(), m.queue.queue_id.0.to_string()),
+                ("ORIGIN_OFFSET".into(), m.offset.to_string()),
+                ("RECONSUME_TIMES".into(), m.reconsume_times.to_string()),
+            ];
+            match producer.send(&dlq, copy).await {
+                Ok(r) => {
+                    tracing::warn!(
+                        topic = %m.queue.topic, queue = m.queue.queue_id.0, offset = m.offset,
+                        redeliveries = m.reconsume_times, dead_letter_offset = r.offset,
+                        "message moved to {dlq} after its last redelivery"
+                    );
+                    return true;
+                }
+                Err(ClientError::NoRoute(_)) => {
+                    if let Err(e) = self.create_dead_letter_topic(&dlq, &m.queue).await {
+                        tracing::warn!(error = %e, "cannot create {dlq}; trying again");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot store in {dlq}; trying again"),
+            }
+            monoio::time::sleep(wait).await;
+        }
+    }
+
+    /// Creates the dead-letter topic (one queue) on the broker that holds
+    /// `origin`; one that exists already is fine.
+    async fn create_dead_letter_topic(
+        &self,
+        dlq: &TopicName,
+        origin: &QueueRef,
+    ) -> Result<(), ClientError> {
+        let brokers = self.inner.client.brokers_of(&origin.topic).await?;
+        let addr = brokers
+            .iter()
+            .find(|(name, _)| **name == *origin.broker)
+            .or(brokers.first())
+            .map(|(_, a)| *a)
+            .ok_or_else(|| ClientError::NoRoute(origin.topic.to_string()))?;
+        let req = ringmq_core::messages::CreateTopicRequest {
+            topic: dlq.clone(),
+            queue_count: 1,
+            perm: ringmq_core::route::Perm::READ_WRITE,
+        };
+        match self
+            .inner
+            .client
+            .call_at(addr, req.into(), Bytes::new())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(ringmq_core::ErrorCode::TopicExists) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn commit_queue(&self, q: &QueueRef, st: &QueueState) {

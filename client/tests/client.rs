@@ -730,6 +730,82 @@ fn concurrent_route_refreshes_share_one_fetch() {
 }
 
 #[test]
+fn a_message_that_keeps_failing_goes_to_the_dead_letter_topic_and_commits_move_on() {
+    let c = Cluster::start();
+    c.create_topic("poison", 1);
+    let ns = c.namesrv();
+    block_on(async move {
+        let topic = TopicName::new("poison").unwrap();
+        let producer = Producer::new(&client(&ns, "prod"), ProducerConfig::default());
+        for body in ["ok-1", "bad", "ok-2"] {
+            producer
+                .send(&topic, Message::new(body).with_key("k").with_tag("t"))
+                .await
+                .unwrap();
+        }
+        let attempts = Rc::new(RefCell::new(Vec::new()));
+        let mut cfg = push_cfg("poison-g");
+        cfg.retry_delay = Duration::from_millis(10);
+        cfg.max_retry_delay = Duration::from_millis(40);
+        cfg.max_reconsume_times = 3;
+        let consumer = PushConsumer::new(&client(&ns, "c"), cfg).unwrap();
+        consumer.subscribe(&topic, "*").unwrap();
+        let a = attempts.clone();
+        consumer
+            .start(move |m: &MessageView| {
+                if &m.body[..] == b"bad" {
+                    a.borrow_mut().push(m.reconsume_times);
+                    ConsumeResult::RetryLater
+                } else {
+                    ConsumeResult::Success
+                }
+            })
+            .await
+            .unwrap();
+        // The first delivery and three redeliveries, then the dead letter.
+        let dlq = TopicName::dead_letter(&GroupName::new("poison-g").unwrap());
+        let probe = client(&ns, "probe");
+        let reader = PullConsumer::new(&probe, GroupName::new("dlq-reader").unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stored = loop {
+            assert!(Instant::now() < deadline, "nothing reached {dlq}");
+            if let Ok(queues) = reader.queues(&dlq).await {
+                if let Some(q) = queues.first() {
+                    let r = reader
+                        .pull(q, 0, 1 << 20, Duration::from_millis(0))
+                        .await
+                        .unwrap();
+                    if let Some(m) = r.messages.into_iter().next() {
+                        break m;
+                    }
+                }
+            }
+            monoio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(&stored.body[..], b"bad");
+        assert_eq!(&stored.key[..], b"k");
+        assert_eq!(stored.tag, "t");
+        assert_eq!(*attempts.borrow(), vec![0, 1, 2, 3]);
+        // The queue's commit moves past the dead message.
+        let group = GroupName::new("poison-g").unwrap();
+        let q = probe.queues(&topic, false).await.unwrap()[0].clone();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            consumer.commit_all().await;
+            if probe.committed_offset(&group, &q).await.unwrap() == Some(3) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the commit never passed the dead message"
+            );
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+        consumer.shutdown().await;
+    });
+}
+
+#[test]
 fn retry_later_redelivers_and_never_commits_past_it() {
     let c = Cluster::start();
     c.create_topic("retry", 1);

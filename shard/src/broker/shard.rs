@@ -20,6 +20,7 @@ use ringmq_core::messages::{
     ListGroupsResponse, QueryConsumerOffsetResponse, QueryQueueOffsetsResponse, SendBatchResponse,
     ShardStatus,
 };
+use ringmq_core::name::TopicKind;
 use ringmq_core::route::Perm;
 use ringmq_core::{
     ErrorCode, ErrorResponse, GroupName, QueueId, Request, Response, ShardId, TopicName,
@@ -547,8 +548,12 @@ impl Shard {
         queue_count: u32,
         perm: Perm,
     ) -> Reply {
-        if let Err(e) = TopicName::user(topic.as_str()) {
-            return Reply::err(ErrorCode::InvalidName, e.to_string());
+        // Dead-letter topics are created by consumers on first use; the
+        // other reserved prefixes stay the broker's.
+        if topic.kind() != TopicKind::DeadLetter {
+            if let Err(e) = TopicName::user(topic.as_str()) {
+                return Reply::err(ErrorCode::InvalidName, e.to_string());
+            }
         }
         if !(1..=MAX_QUEUES_PER_TOPIC).contains(&queue_count) {
             return Reply::err(
