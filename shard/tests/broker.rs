@@ -523,3 +523,28 @@ fn a_thousand_idle_connections_stay_within_the_memory_bound() {
     c.produce("idle", 1, &bodies("y", 1)).unwrap();
     drop(conns);
 }
+
+#[test]
+fn a_shard_that_cannot_start_fails_the_broker_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // Shard 1's folder is a file: its store cannot open.
+    std::fs::write(data.join("shard-1"), b"not a folder").unwrap();
+    let started = Instant::now();
+    let err = match broker::start(BrokerConfig::for_test(data, 2)) {
+        Ok(b) => {
+            stop(b);
+            panic!("started with a shard that cannot open its store");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("shard 1"), "{err}");
+    // The healthy shard must not wait out the 30 s drain limit for a peer
+    // that never came up.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}

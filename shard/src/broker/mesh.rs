@@ -214,6 +214,7 @@ impl Mesh {
             let mesh = Rc::downgrade(self);
             let handle = handle.clone();
             glommio::spawn_local(async move {
+                let mut said_done = false;
                 while let Some(batch) = rx.recv().await {
                     let Some(m) = mesh.upgrade() else { return };
                     for msg in batch {
@@ -234,8 +235,18 @@ impl Mesh {
                                     let _ = tx.send(reply);
                                 }
                             }
-                            MeshMsg::Done => m.done_from.set(m.done_from.get() + 1),
+                            MeshMsg::Done => {
+                                said_done = true;
+                                m.done_from.set(m.done_from.get() + 1);
+                            }
                         }
+                    }
+                }
+                // A peer that is gone (a shard that failed at start-up, say)
+                // makes no more calls either: nobody waits for its Done.
+                if !said_done {
+                    if let Some(m) = mesh.upgrade() {
+                        m.done_from.set(m.done_from.get() + 1);
                     }
                 }
             })
