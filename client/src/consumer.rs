@@ -31,6 +31,8 @@ pub struct MessageView {
     pub key: Bytes,
     /// Tag.
     pub tag: String,
+    /// User properties (still encoded; see [`MessageView::property`]).
+    pub properties: ringmq_core::batch::Properties,
     /// Payload.
     pub body: Bytes,
 }
@@ -46,6 +48,16 @@ pub struct PullResult {
     pub min_offset: u64,
     /// The offset the next record will get.
     pub max_offset: u64,
+}
+
+impl MessageView {
+    /// The value of user property `name`, if set (the first, if repeated).
+    pub fn property(&self, name: &str) -> Option<String> {
+        self.properties
+            .iter()
+            .find(|(k, _)| &k[..] == name.as_bytes())
+            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+    }
 }
 
 fn decode(q: &QueueRef, from: u64, body: Bytes) -> Result<Vec<MessageView>, ClientError> {
@@ -64,6 +76,7 @@ fn decode(q: &QueueRef, from: u64, body: Bytes) -> Result<Vec<MessageView>, Clie
                 reconsume_times: r.reconsume_times,
                 key: r.key,
                 tag: String::from_utf8_lossy(&r.tag).into_owned(),
+                properties: r.properties,
                 body: r.body,
             });
         }
@@ -742,12 +755,22 @@ impl PushConsumer {
             let mut copy = crate::producer::Message::new(m.body.clone())
                 .with_key(m.key.clone())
                 .with_tag(m.tag.clone());
-            copy.properties = vec![
+            copy.properties = m
+                .properties
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(&k).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    )
+                })
+                .collect();
+            copy.properties.extend([
                 ("ORIGIN_TOPIC".into(), m.queue.topic.to_string()),
                 ("ORIGIN_QUEUE".into(), m.queue.queue_id.0.to_string()),
                 ("ORIGIN_OFFSET".into(), m.offset.to_string()),
                 ("RECONSUME_TIMES".into(), m.reconsume_times.to_string()),
-            ];
+            ]);
             match producer.send(&dlq, copy).await {
                 Ok(r) => {
                     tracing::warn!(

@@ -785,6 +785,9 @@ fn a_message_that_keeps_failing_goes_to_the_dead_letter_topic_and_commits_move_o
         assert_eq!(&stored.body[..], b"bad");
         assert_eq!(&stored.key[..], b"k");
         assert_eq!(stored.tag, "t");
+        assert_eq!(stored.property("ORIGIN_TOPIC").as_deref(), Some("poison"));
+        assert_eq!(stored.property("ORIGIN_OFFSET").as_deref(), Some("1"));
+        assert_eq!(stored.property("RECONSUME_TIMES").as_deref(), Some("3"));
         assert_eq!(*attempts.borrow(), vec![0, 1, 2, 3]);
         // The queue's commit moves past the dead message.
         let group = GroupName::new("poison-g").unwrap();
