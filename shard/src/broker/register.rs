@@ -166,9 +166,7 @@ async fn keep_registered(
             return;
         }
         drop(s);
-        let target: Option<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&addr)
-            .ok()
-            .and_then(|mut a| a.next());
+        let target = resolve_off_executor(&addr).await;
         let connected = match target {
             Some(a) => TcpStream::connect_timeout(a, Duration::from_secs(3))
                 .await
@@ -235,5 +233,58 @@ async fn keep_registered(
                 glommio::timer::sleep(RETRY).await;
             }
         }
+    }
+}
+
+/// Resolves `addr` without blocking the executor: a host name's lookup can
+/// take seconds when DNS is down, and shard 0 serves requests meanwhile.
+/// An IP literal needs no lookup. The lookup runs on its own thread; this
+/// polls for its answer (no waker crosses threads).
+async fn resolve_off_executor(addr: &str) -> Option<SocketAddr> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None::<Option<SocketAddr>>));
+    let (answer, name) = (slot.clone(), addr.to_owned());
+    std::thread::Builder::new()
+        .name("ringmq-resolve".into())
+        .spawn(move || {
+            let found = std::net::ToSocketAddrs::to_socket_addrs(&name)
+                .ok()
+                .and_then(|mut a| a.next());
+            if let Ok(mut a) = answer.lock() {
+                *a = Some(found);
+            }
+        })
+        .ok()?;
+    loop {
+        if let Some(found) = slot.lock().ok().and_then(|mut a| a.take()) {
+            return found;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_resolve_off_the_executor() {
+        let ex = glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("executor");
+        ex.run(async {
+            assert_eq!(
+                resolve_off_executor("127.0.0.1:9876").await,
+                Some("127.0.0.1:9876".parse().expect("literal"))
+            );
+            let local = resolve_off_executor("localhost:9876")
+                .await
+                .expect("localhost");
+            assert!(local.ip().is_loopback());
+            assert_eq!(local.port(), 9876);
+            assert_eq!(resolve_off_executor("no port here").await, None);
+        });
     }
 }
