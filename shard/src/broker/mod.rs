@@ -167,7 +167,6 @@ pub fn start(cfg: BrokerConfig) -> Result<RunningBroker, BrokerError> {
     let stop = Arc::new(AtomicBool::new(false));
     let front_port = Arc::new(AtomicU16::new(cfg.listen.port()));
     let barrier = Arc::new(Barrier::new(n));
-    let failed = Arc::new(AtomicBool::new(false));
     let mesh = MeshBuilder::<Vec<MeshMsg>, _>::full(n, mesh::MESH_CHANNEL_BATCHES);
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
     let routes = Arc::new(OnceLock::new());
@@ -179,7 +178,6 @@ pub fn start(cfg: BrokerConfig) -> Result<RunningBroker, BrokerError> {
             stop: stop.clone(),
             front_port: front_port.clone(),
             barrier: barrier.clone(),
-            failed: failed.clone(),
             mesh: mesh.clone(),
             ready: ready_tx.clone(),
             routes: routes.clone(),
@@ -262,7 +260,6 @@ struct ShardStart {
     stop: Arc<AtomicBool>,
     front_port: Arc<AtomicU16>,
     barrier: Arc<Barrier>,
-    failed: Arc<AtomicBool>,
     mesh: MeshBuilder<Vec<MeshMsg>, glommio::channels::channel_mesh::Full>,
     ready: mpsc::Sender<Ready>,
     /// Every shard's advertised address, set once all serve.
@@ -350,9 +347,6 @@ async fn prepare(
 async fn run_shard(ctx: ShardStart) -> Result<(), String> {
     let id = ctx.id;
     let prepared = prepare(&ctx).await;
-    if prepared.is_err() {
-        ctx.failed.store(true, Ordering::SeqCst);
-    }
     // Blocking is fine here: nothing else runs on this executor yet.
     ctx.barrier.wait();
     let front = match &prepared {
