@@ -248,15 +248,11 @@ impl BrokerConfig {
                 cpus.len()
             )));
         }
-        let flush = match pick!(flush).as_deref().unwrap_or("async") {
-            "async" => FlushMode::Async,
-            "sync" => FlushMode::Sync,
-            other => {
-                return Err(ConfigError::Invalid(format!(
-                    "--flush {other:?}: expected async or sync"
-                )))
-            }
-        };
+        let flush: FlushMode = pick!(flush)
+            .as_deref()
+            .unwrap_or("async")
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("--flush: {e}")))?;
         let name = pick!(name).unwrap_or_else(|| "broker-a".into());
         if name.is_empty() || name.len() > 127 || name.contains(char::is_whitespace) {
             return Err(ConfigError::Invalid(format!(
