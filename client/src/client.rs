@@ -11,7 +11,7 @@ use crate::error::ClientError;
 use bytes::Bytes;
 use ringmq_core::messages::*;
 use ringmq_core::route::TopicRoute;
-use ringmq_core::{Call, GroupName, QueueId, Request, Response, TopicName};
+use ringmq_core::{Call, GroupName, QueueId, Request, Response, ShardId, TopicName};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -124,6 +124,16 @@ fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| ClientError::Invalid(format!("{addr:?} is not a HOST:PORT address")))
+}
+
+/// The address of `broker`'s shard `shard` in `route`.
+fn shard_addr_in<'r>(route: &'r TopicRoute, broker: &str, shard: ShardId) -> Option<&'r str> {
+    route
+        .brokers
+        .iter()
+        .find(|b| b.broker_name == broker)
+        .and_then(|b| b.shards.iter().find(|s| s.shard_id == shard))
+        .map(|s| s.addr.as_str())
 }
 
 impl Client {
@@ -284,17 +294,12 @@ impl Client {
         let mut resolved: HashMap<&str, Option<SocketAddr>> = HashMap::new();
         let mut addrs = HashMap::new();
         for q in &route.queues {
-            let shard_addr = route
-                .brokers
-                .iter()
-                .find(|b| b.broker_name == q.broker_name)
-                .and_then(|b| b.shards.iter().find(|s| s.shard_id == q.shard_id));
-            let Some(shard_addr) = shard_addr else {
+            let Some(shard_addr) = shard_addr_in(&route, &q.broker_name, q.shard_id) else {
                 continue;
             };
             let addr = *resolved
-                .entry(shard_addr.addr.as_str())
-                .or_insert_with(|| resolve(&shard_addr.addr).ok());
+                .entry(shard_addr)
+                .or_insert_with(|| resolve(shard_addr).ok());
             if let Some(addr) = addr {
                 addrs.insert((Rc::from(q.broker_name.as_str()), q.queue_id), addr);
             }
@@ -365,14 +370,9 @@ impl Client {
                     q.topic, q.queue_id.0, q.broker
                 ))
             })?;
-        let addr = route
-            .brokers
-            .iter()
-            .find(|b| *b.broker_name == *q.broker)
-            .and_then(|b| b.shards.iter().find(|s| s.shard_id == shard))
-            .map(|s| s.addr.clone())
+        let addr = shard_addr_in(&route, &q.broker, shard)
             .ok_or_else(|| ClientError::NoRoute(format!("shard {} of {}", shard.0, q.broker)))?;
-        resolve(&addr)
+        resolve(addr)
     }
 
     /// A typed request to the shard owning `q`; a routing error drops the
