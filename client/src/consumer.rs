@@ -747,31 +747,31 @@ impl PushConsumer {
                 crate::producer::Producer::new(&self.inner.client, Default::default())
             })
             .clone();
+        let mut copy = crate::producer::Message::new(m.body.clone())
+            .with_key(m.key.clone())
+            .with_tag(m.tag.clone());
+        copy.properties = m
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        copy.properties.extend([
+            ("ORIGIN_TOPIC".into(), m.queue.topic.to_string()),
+            ("ORIGIN_QUEUE".into(), m.queue.queue_id.0.to_string()),
+            ("ORIGIN_OFFSET".into(), m.offset.to_string()),
+            ("RECONSUME_TIMES".into(), m.reconsume_times.to_string()),
+        ]);
         let wait = self.inner.cfg.retry_delay.max(Duration::from_millis(100));
         loop {
             if self.inner.stopped.get() || st.stop.get() {
                 return false;
             }
-            let mut copy = crate::producer::Message::new(m.body.clone())
-                .with_key(m.key.clone())
-                .with_tag(m.tag.clone());
-            copy.properties = m
-                .properties
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        String::from_utf8_lossy(&k).into_owned(),
-                        String::from_utf8_lossy(&v).into_owned(),
-                    )
-                })
-                .collect();
-            copy.properties.extend([
-                ("ORIGIN_TOPIC".into(), m.queue.topic.to_string()),
-                ("ORIGIN_QUEUE".into(), m.queue.queue_id.0.to_string()),
-                ("ORIGIN_OFFSET".into(), m.offset.to_string()),
-                ("RECONSUME_TIMES".into(), m.reconsume_times.to_string()),
-            ]);
-            match producer.send(&dlq, copy).await {
+            match producer.send(&dlq, copy.clone()).await {
                 Ok(r) => {
                     tracing::warn!(
                         topic = %m.queue.topic, queue = m.queue.queue_id.0, offset = m.offset,
