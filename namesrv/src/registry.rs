@@ -162,16 +162,16 @@ impl Registry {
         entry.cluster = req.cluster;
         entry.route = route;
         entry.version = req.version;
-        if req.chunk_index == 0 {
-            entry.pending = Some(Pending {
+        // Chunk 0 starts afresh; a later chunk continues the pending one
+        // (checked above).
+        let p = match &mut entry.pending {
+            Some(p) if req.chunk_index > 0 => p,
+            slot => slot.insert(Pending {
                 data_version: req.data_version,
                 chunk_count: req.chunk_count,
                 next_chunk: 0,
                 topics: Vec::new(),
-            });
-        }
-        let Some(p) = entry.pending.as_mut() else {
-            return Err(invalid("registration state lost".to_string()));
+            }),
         };
         p.topics.extend(req.topics);
         p.next_chunk += 1;
