@@ -280,18 +280,25 @@ impl BrokerConfig {
             )));
         }
         // 0 means no limit for each of these, as for --retention-hours.
-        let retention_ms = match pick!(retention_hours).unwrap_or(72) {
-            0 => None,
-            h => Some(scaled("--retention-hours", h, 3_600_000)?),
+        let limit = |flag: &str, v: u64, by: u64| match v {
+            0 => Ok(None),
+            v => scaled(flag, v, by).map(Some),
         };
-        let retention_bytes = match pick!(retention_mib).unwrap_or(0) {
-            0 => None,
-            m => Some(scaled("--retention-mib", m, 1 << 20)?),
-        };
-        let catch_up_bytes_per_sec = match pick!(catch_up_mib_per_sec).unwrap_or(0) {
-            0 => None,
-            m => Some(scaled("--catch-up-mib-per-sec", m, 1 << 20)?),
-        };
+        let retention_ms = limit(
+            "--retention-hours",
+            pick!(retention_hours).unwrap_or(72),
+            3_600_000,
+        )?;
+        let retention_bytes = limit(
+            "--retention-mib",
+            pick!(retention_mib).unwrap_or(0),
+            1 << 20,
+        )?;
+        let catch_up_bytes_per_sec = limit(
+            "--catch-up-mib-per-sec",
+            pick!(catch_up_mib_per_sec).unwrap_or(0),
+            1 << 20,
+        )?;
         let max_in_flight = pick!(max_in_flight).unwrap_or(1024);
         if max_in_flight == 0 {
             return Err(ConfigError::Invalid(
