@@ -20,7 +20,16 @@ impl Embedded {
     /// Starts a name server and a broker as `w` asks: its shards (pinned
     /// to CPUs 0..), flush mode and catch-up read limit.
     pub fn start(w: &Workload) -> Result<Self, String> {
-        let (shards, flush) = (w.shards, w.flush.as_str());
+        // Settings first: nothing is started for a workload that is refused.
+        let shards = w.shards;
+        let flush: ringmq_core::FlushMode = w.flush.parse().map_err(|e| format!("--flush: {e}"))?;
+        let catch_up_bytes_per_sec = match w.catch_up_mib_per_sec.unwrap_or(0) {
+            0 => None,
+            m => Some(
+                m.checked_mul(1 << 20)
+                    .ok_or(format!("--catch-up-mib-per-sec {m}: too large"))?,
+            ),
+        };
         let dir = tempfile::Builder::new()
             .prefix("ringmq-loadgen-")
             .tempdir_in(std::env::var_os("RINGMQ_LOADGEN_DIR").unwrap_or_else(|| "/var/tmp".into()))
@@ -35,12 +44,9 @@ impl Embedded {
         let mut cfg = BrokerConfig::for_test(dir.path().join("data"), shards);
         cfg.namesrv = vec![namesrv.addr.to_string()];
         cfg.advertise_host = Some("127.0.0.1".into());
-        cfg.flush = match flush {
-            "sync" => ringmq_core::FlushMode::Sync,
-            _ => ringmq_core::FlushMode::Async,
-        };
+        cfg.flush = flush;
         cfg.segment_bytes = 1 << 30;
-        cfg.catch_up_bytes_per_sec = w.catch_up_mib_per_sec.filter(|&m| m > 0).map(|m| m << 20);
+        cfg.catch_up_bytes_per_sec = catch_up_bytes_per_sec;
         let broker = broker::start(cfg.clone()).map_err(|e| e.to_string())?;
         let node = Self {
             namesrv: Some(namesrv),
