@@ -929,10 +929,14 @@ impl<D: Disk> Store<D> {
                         reason: "no segment holds this position".into(),
                     });
                 };
-                // One large read from the entry's block on, never past what is
-                // written (later bytes may still change) or the segment's end.
-                let from = disk::align_down(pos);
-                let to = (from + self.inner.cfg.read_ahead_bytes as u64)
+                // One large read of the fixed window holding the entry, so
+                // queues reading the same stretch of log share windows
+                // instead of each reading its own overlapping one; never
+                // past what is written (later bytes may still change) or
+                // the segment's end.
+                let window = self.inner.cfg.read_ahead_bytes.max(1) as u64;
+                let from = disk::align_down(pos - pos % window).max(seg_start);
+                let to = (from + window)
                     .max(pos + len as u64)
                     .min(st.log.written_pos.max(pos + len as u64))
                     .min(seg_start + st.log.segment_bytes);

@@ -8,11 +8,16 @@
 //! Separate budgets: catch-up reads can never evict the tail.
 
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Debug)]
 pub(crate) struct RangeCache {
-    chunks: VecDeque<(u64, Bytes)>,
+    /// Chunks by log position. Windows for catching-up queues arrive in
+    /// any order (a queue behind the others reads an earlier one), so the
+    /// lookup cannot rely on arrival order.
+    chunks: BTreeMap<u64, Bytes>,
+    /// Chunk positions, oldest first: eviction order.
+    order: VecDeque<u64>,
     bytes: usize,
     max_bytes: usize,
 }
@@ -20,35 +25,41 @@ pub(crate) struct RangeCache {
 impl RangeCache {
     pub(crate) fn new(max_bytes: usize) -> Self {
         Self {
-            chunks: VecDeque::new(),
+            chunks: BTreeMap::new(),
+            order: VecDeque::new(),
             bytes: 0,
             max_bytes,
         }
     }
 
-    /// Adds the bytes written at `pos`; evicts the oldest beyond the budget.
+    /// Adds the bytes at `pos` (replacing a chunk at the same position);
+    /// evicts the oldest beyond the budget.
     pub(crate) fn push(&mut self, pos: u64, data: Bytes) {
         if data.len() > self.max_bytes {
             self.clear();
             return;
         }
+        if let Some(old) = self.chunks.remove(&pos) {
+            self.bytes -= old.len();
+            self.order.retain(|&p| p != pos);
+        }
         self.bytes += data.len();
-        self.chunks.push_back((pos, data));
+        self.chunks.insert(pos, data);
+        self.order.push_back(pos);
         while self.bytes > self.max_bytes {
-            match self.chunks.pop_front() {
-                Some((_, old)) => self.bytes -= old.len(),
-                None => break,
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.chunks.remove(&oldest) {
+                self.bytes -= old.len();
             }
         }
     }
 
-    /// The bytes `[pos, pos + len)` if one chunk holds them all.
+    /// The bytes `[pos, pos + len)` if the chunk starting last at or before
+    /// `pos` holds them all.
     pub(crate) fn get(&self, pos: u64, len: usize) -> Option<Bytes> {
-        let i = self
-            .chunks
-            .partition_point(|(start, _)| *start <= pos)
-            .checked_sub(1)?;
-        let (start, data) = &self.chunks[i];
+        let (start, data) = self.chunks.range(..=pos).next_back()?;
         let from = (pos - start) as usize;
         let to = from.checked_add(len)?;
         (to <= data.len()).then(|| data.slice(from..to))
@@ -57,6 +68,7 @@ impl RangeCache {
     /// Forgets everything.
     pub(crate) fn clear(&mut self) {
         self.chunks.clear();
+        self.order.clear();
         self.bytes = 0;
     }
 
@@ -81,5 +93,28 @@ mod tests {
         assert!(c.bytes() <= 100);
         assert!(c.get(0, 10).is_none(), "evicted");
         assert_eq!(c.get(90, 30).unwrap(), vec![3; 30]);
+    }
+
+    #[test]
+    fn finds_chunks_pushed_out_of_order() {
+        // Catch-up windows: a queue behind the others reads an earlier
+        // window after a later one was cached.
+        let mut c = RangeCache::new(1000);
+        c.push(200, Bytes::from(vec![2; 100]));
+        c.push(0, Bytes::from(vec![0; 100]));
+        c.push(100, Bytes::from(vec![1; 100]));
+        assert_eq!(c.get(250, 10).unwrap(), vec![2; 10]);
+        assert_eq!(c.get(50, 10).unwrap(), vec![0; 10]);
+        assert_eq!(c.get(150, 50).unwrap(), vec![1; 50]);
+        // The same position read again replaces its chunk and counts once.
+        c.push(100, Bytes::from(vec![7; 100]));
+        assert_eq!(c.bytes(), 300);
+        assert_eq!(c.get(100, 1).unwrap(), vec![7; 1]);
+        // Eviction follows arrival: the window at 200 went in first.
+        c.push(300, Bytes::from(vec![3; 800]));
+        assert_eq!(c.bytes(), 1000);
+        assert!(c.get(250, 1).is_none());
+        assert_eq!(c.get(0, 1).unwrap(), vec![0; 1]);
+        assert_eq!(c.get(150, 1).unwrap(), vec![7; 1]);
     }
 }
