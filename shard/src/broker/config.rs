@@ -89,6 +89,11 @@ pub struct BrokerArgs {
     /// appends of CPU. [default: 0]
     #[arg(long, value_name = "MIB")]
     pub catch_up_mib_per_sec: Option<u64>,
+    /// Size of each disk read for consumers behind the tail, in KiB (4 to
+    /// 16384, a multiple of 4). Small reads keep the disk free for appends
+    /// on a device that serves one request at a time. [default: 64]
+    #[arg(long, value_name = "KIB")]
+    pub read_ahead_kib: Option<u64>,
     /// Per-shard memory budget in MiB for request buffers in flight; over
     /// it the shard stops reading from sockets. [default: 256]
     #[arg(long, value_name = "MIB")]
@@ -137,6 +142,7 @@ struct FileConfig {
     retention_hours: Option<u64>,
     retention_mib: Option<u64>,
     catch_up_mib_per_sec: Option<u64>,
+    read_ahead_kib: Option<u64>,
     memory_budget_mib: Option<u64>,
     max_in_flight: Option<usize>,
     max_frame_bytes: Option<u32>,
@@ -178,6 +184,8 @@ pub struct BrokerConfig {
     pub retention_bytes: Option<u64>,
     /// Catch-up disk reads per shard, bytes a second (`None`: no limit).
     pub catch_up_bytes_per_sec: Option<u64>,
+    /// Catch-up read size, bytes.
+    pub read_ahead_bytes: usize,
     /// Request buffer budget per shard, bytes.
     pub memory_budget_bytes: u64,
     /// Requests in flight per connection.
@@ -299,6 +307,12 @@ impl BrokerConfig {
             pick!(catch_up_mib_per_sec).unwrap_or(0),
             1 << 20,
         )?;
+        let read_ahead_kib = pick!(read_ahead_kib).unwrap_or(64);
+        if !(4..=16 * 1024).contains(&read_ahead_kib) || !read_ahead_kib.is_multiple_of(4) {
+            return Err(ConfigError::Invalid(format!(
+                "--read-ahead-kib {read_ahead_kib}: must be a multiple of 4 from 4 to 16384"
+            )));
+        }
         let max_in_flight = pick!(max_in_flight).unwrap_or(1024);
         if max_in_flight == 0 {
             return Err(ConfigError::Invalid(
@@ -320,6 +334,7 @@ impl BrokerConfig {
             retention_ms,
             retention_bytes,
             catch_up_bytes_per_sec,
+            read_ahead_bytes: (read_ahead_kib << 10) as usize,
             memory_budget_bytes,
             max_in_flight,
             max_frame_bytes,
@@ -417,6 +432,9 @@ mod tests {
                 &["--retention-mib", "17592186044416"][..],
                 "--retention-mib",
             ),
+            (&["--read-ahead-kib", "6"][..], "--read-ahead-kib"),
+            (&["--read-ahead-kib", "0"][..], "--read-ahead-kib"),
+            (&["--read-ahead-kib", "32768"][..], "--read-ahead-kib"),
         ] {
             let err = BrokerConfig::resolve(args(list)).unwrap_err().to_string();
             assert!(err.contains(needle), "{list:?}: {err}");
@@ -451,6 +469,9 @@ mod tests {
         );
         let cfg = BrokerConfig::resolve(args(&["--retention-mib", "5"])).unwrap();
         assert_eq!(cfg.retention_bytes, Some(5 << 20));
+        assert_eq!(cfg.read_ahead_bytes, 64 << 10);
+        let cfg = BrokerConfig::resolve(args(&["--read-ahead-kib", "1024"])).unwrap();
+        assert_eq!(cfg.read_ahead_bytes, 1 << 20);
     }
 
     #[test]

@@ -293,6 +293,7 @@ fn store_config(cfg: &BrokerConfig, id: usize) -> StoreConfig {
     s.retention_ms = cfg.retention_ms;
     s.retention_bytes = cfg.retention_bytes;
     s.catch_up_bytes_per_sec = cfg.catch_up_bytes_per_sec;
+    s.read_ahead_bytes = cfg.read_ahead_bytes;
     s
 }
 

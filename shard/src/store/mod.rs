@@ -164,10 +164,13 @@ impl StoreConfig {
             index_cache_blocks: 1024,
             // Enough for every queue of a busy shard to be read at once.
             index_open_files: 1024,
-            // 1 MiB reads run near the disk's sequential speed; 16 of them
-            // let that many catching-up consumers share one budget.
-            read_ahead_bytes: 1 << 20,
-            read_ahead_windows: 16,
+            // 64 KiB: on a disk that serves one request at a time (this
+            // virtual disk), an append waits behind at most one short read.
+            // 1 MiB windows measured 2.6x the publish p99 of 64 KiB ones
+            // while a backlog drained at the same pace, and read 1.6x the
+            // bytes. 64 windows: 4 MiB a shard, for queues a little apart.
+            read_ahead_bytes: 64 << 10,
+            read_ahead_windows: 64,
             catch_up_bytes_per_sec: None,
             // RocketMQ's default: three days.
             retention_ms: Some(72 * 3_600_000),
