@@ -47,7 +47,7 @@ if want backlog; then
         --report bench-results --name backlog-baseline-50k
     $lg run --shards 2 --queues 8 --size 100 --rate 50000 --warmup 0 --duration 420 --backlog "$backlog" \
         --report bench-results --name "backlog-${backlog}-50k"
-    # The same with catch-up disk reads held to 100 MiB/s per shard.
+    # The same with catch-up disk reads held to 40 MiB/s per shard.
     $lg run --shards 2 --queues 8 --size 100 --rate 50000 --warmup 0 --duration 420 --backlog "$backlog" \
-        --catch-up-mib-per-sec 100 --report bench-results --name "backlog-${backlog}-50k-catchup100"
+        --catch-up-mib-per-sec 40 --report bench-results --name "backlog-${backlog}-50k-catchup40"
 fi

@@ -392,6 +392,9 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
         .map(|g| format!("loadgen-{tag}-g{g}"))
         .collect();
     let backlog_start = w.backlog.map(|_| Instant::now());
+    if backlog_start.is_some() {
+        rec.borrow_mut().start_drain();
+    }
 
     // Producers on schedule.
     let ctl = Rc::new(Producing::new(w.messages));
@@ -444,6 +447,7 @@ async fn run_async(w: Workload, target: &Target, opts: RunOptions) -> Result<Run
             // Drained: less than a tenth of a second of production behind.
             if s.backlog < (w.rate.max(1000) / 10) * u64::from(w.groups.max(1)) {
                 drain_secs = Some(b.elapsed().as_secs_f64());
+                rec.borrow_mut().end_drain();
                 eprintln!(
                     "{}backlog drained in {:.1} s",
                     if on_tty { "\n" } else { "" },

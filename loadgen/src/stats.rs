@@ -88,6 +88,11 @@ pub struct Recorder {
     pub bytes_sent: u64,
     pub series: Vec<Second>,
     pub verify: Option<Verifier>,
+    /// Publish latency while a backlog drains (`--backlog`): from the
+    /// consumers' start to the second the backlog is gone.
+    pub draining: Option<Histogram<u64>>,
+    /// Whether [`Recorder::draining`] still takes samples.
+    pub drain_open: bool,
 }
 
 impl Recorder {
@@ -114,6 +119,8 @@ impl Recorder {
             bytes_sent: 0,
             series: Vec::new(),
             verify: verify.then(Verifier::default),
+            draining: None,
+            drain_open: false,
         }
     }
 
@@ -155,6 +162,18 @@ impl Recorder {
         }
     }
 
+    /// The backlog starts draining: publish samples from the next closed
+    /// second on also go to [`Recorder::draining`].
+    pub fn start_drain(&mut self) {
+        self.draining = Some(histogram());
+        self.drain_open = true;
+    }
+
+    /// The backlog is drained: [`Recorder::draining`] is complete.
+    pub fn end_drain(&mut self) {
+        self.drain_open = false;
+    }
+
     /// Closes one second of the series; returns it.
     pub fn tick(&mut self, t: u64, last: (u64, u64)) -> Second {
         self.tick_with(t, last, None, 1)
@@ -188,6 +207,11 @@ impl Recorder {
             publish_p99_us: self.interval_publish.value_at_quantile(0.99),
             e2e_p99_us,
         };
+        if self.drain_open && self.measuring {
+            if let Some(d) = self.draining.as_mut() {
+                let _ = d.add(&self.interval_publish);
+            }
+        }
         self.interval_publish.reset();
         self.interval_e2e.reset();
         self.series.push(s.clone());
@@ -377,5 +401,31 @@ mod tests {
         assert_eq!(producers.e2e.len(), 9);
         let v = producers.verify.as_ref().unwrap();
         assert_eq!((v.duplicates, v.lost()), (1, 2));
+    }
+
+    #[test]
+    fn the_drain_histogram_holds_only_the_seconds_of_the_drain() {
+        let mut r = Recorder::new(false);
+        r.measuring = true;
+        let st = |seq| Stamp {
+            producer: 0,
+            seq,
+            sent_us: 0,
+        };
+        r.on_ack(st(0), 100);
+        r.tick(1, (0, 0));
+        assert!(r.draining.is_none(), "no backlog phase yet");
+        r.start_drain();
+        for seq in 1..4 {
+            r.on_ack(st(seq), 100);
+        }
+        r.tick(2, (1, 0));
+        r.end_drain();
+        for seq in 4..10 {
+            r.on_ack(st(seq), 100);
+        }
+        r.tick(3, (4, 0));
+        assert_eq!(r.draining.as_ref().unwrap().len(), 3);
+        assert_eq!(r.publish.len(), 10);
     }
 }
