@@ -19,6 +19,8 @@ pub struct Summary {
     pub e2e: Percentiles,
     /// Publish latency while a backlog drained (`--backlog` runs).
     pub publish_draining: Option<Percentiles>,
+    /// Publish latency after it drained, in the same run.
+    pub publish_drained: Option<Percentiles>,
     pub msgs_per_s: f64,
     pub mb_per_s: f64,
     pub received_per_s: f64,
@@ -47,6 +49,7 @@ pub fn summarize(w: &Workload, out: &RunOutput) -> Summary {
         publish: Percentiles::of(&r.publish),
         e2e: Percentiles::of(&r.e2e),
         publish_draining: r.draining.as_ref().map(Percentiles::of),
+        publish_drained: r.drained.as_ref().map(Percentiles::of),
         msgs_per_s: r.measured_sent as f64 / secs,
         mb_per_s: r.measured_sent as f64 * w.size as f64 / secs / 1e6,
         received_per_s: r.measured_received as f64 / secs,
@@ -72,6 +75,9 @@ pub fn table(w: &Workload, s: &Summary, out: &RunOutput) -> String {
         s.publish_draining
             .as_ref()
             .map(|d| ("publish while the backlog drained", d)),
+        s.publish_drained
+            .as_ref()
+            .map(|d| ("publish after it drained", d)),
         Some(("end-to-end", &s.e2e)),
     ];
     for (name, p) in rows.into_iter().flatten() {
@@ -297,6 +303,7 @@ pub fn write(
         "publish_us": s.publish,
         "end_to_end_us": s.e2e,
         "publish_while_draining_us": s.publish_draining,
+        "publish_after_drain_us": s.publish_drained,
         "published_msgs_per_s": s.msgs_per_s,
         "published_mb_per_s": s.mb_per_s,
         "received_msgs_per_s": s.received_per_s,

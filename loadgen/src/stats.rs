@@ -91,7 +91,11 @@ pub struct Recorder {
     /// Publish latency while a backlog drains (`--backlog`): from the
     /// consumers' start to the second the backlog is gone.
     pub draining: Option<Histogram<u64>>,
-    /// Whether [`Recorder::draining`] still takes samples.
+    /// Publish latency after the backlog drained, in the same run: the
+    /// same rate with no backlog, on the same disk at nearly the same time.
+    pub drained: Option<Histogram<u64>>,
+    /// Whether [`Recorder::draining`] (else [`Recorder::drained`]) takes
+    /// the samples.
     pub drain_open: bool,
 }
 
@@ -120,6 +124,7 @@ impl Recorder {
             series: Vec::new(),
             verify: verify.then(Verifier::default),
             draining: None,
+            drained: None,
             drain_open: false,
         }
     }
@@ -169,9 +174,11 @@ impl Recorder {
         self.drain_open = true;
     }
 
-    /// The backlog is drained: [`Recorder::draining`] is complete.
+    /// The backlog is drained: [`Recorder::draining`] is complete and
+    /// later seconds go to [`Recorder::drained`].
     pub fn end_drain(&mut self) {
         self.drain_open = false;
+        self.drained = Some(histogram());
     }
 
     /// Closes one second of the series; returns it.
@@ -207,10 +214,12 @@ impl Recorder {
             publish_p99_us: self.interval_publish.value_at_quantile(0.99),
             e2e_p99_us,
         };
-        if self.drain_open && self.measuring {
-            if let Some(d) = self.draining.as_mut() {
-                let _ = d.add(&self.interval_publish);
-            }
+        let phase = match self.drain_open {
+            true => self.draining.as_mut(),
+            false => self.drained.as_mut(),
+        };
+        if let (Some(h), true) = (phase, self.measuring) {
+            let _ = h.add(&self.interval_publish);
         }
         self.interval_publish.reset();
         self.interval_e2e.reset();
@@ -426,6 +435,7 @@ mod tests {
         }
         r.tick(3, (4, 0));
         assert_eq!(r.draining.as_ref().unwrap().len(), 3);
+        assert_eq!(r.drained.as_ref().unwrap().len(), 6);
         assert_eq!(r.publish.len(), 10);
     }
 }
