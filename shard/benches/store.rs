@@ -6,7 +6,7 @@
 //! cargo bench -p ringmq-shard --bench store -- [--dir /var/tmp/ringmq-bench] \
 //!     [--out bench-results] [--seconds 8] [--rounds 3] \
 //!     [--scale-records 100000000] [--scale-queues 1000] [--only async,sync,scale] \
-//!     [--max-write-bytes N] [--writes-in-flight N]
+//!     [--max-write-bytes N] [--writes-in-flight N] [--flush-mib N] [--flush-interval-ms N]
 //! ```
 //!
 //! - async: 1 shard, 1 KiB records in 64 KiB batches, 16 and 64 appenders: MiB/s
@@ -47,14 +47,22 @@ struct Settings {
     scale_queues: u32,
     only: Vec<String>,
     child: Option<String>,
-    /// Store write tuning, `None` for the defaults.
-    max_write_bytes: Option<usize>,
-    writes_in_flight: Option<usize>,
+    tuning: Tuning,
 }
 
-/// The write tuning of this run, for every store the bench opens.
-static WRITE_TUNING: std::sync::OnceLock<(Option<usize>, Option<usize>)> =
-    std::sync::OnceLock::new();
+/// Store settings a run may change, `None` for the defaults.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tuning {
+    max_write_bytes: Option<usize>,
+    writes_in_flight: Option<usize>,
+    /// `async` mode: fdatasync after this many unsynced bytes.
+    flush_bytes: Option<u64>,
+    /// `async` mode: fdatasync at least this often.
+    flush_interval_ms: Option<u64>,
+}
+
+/// The tuning of this run, for every store the bench opens.
+static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
 
 fn parse_args() -> Result<Settings, String> {
     let mut s = Settings {
@@ -66,8 +74,7 @@ fn parse_args() -> Result<Settings, String> {
         scale_queues: 1000,
         only: vec!["async".into(), "sync".into(), "scale".into()],
         child: None,
-        max_write_bytes: None,
-        writes_in_flight: None,
+        tuning: Tuning::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -88,12 +95,24 @@ fn parse_args() -> Result<Settings, String> {
             "--only" => s.only = value("--only")?.split(',').map(str::to_owned).collect(),
             "--child" => s.child = Some(value("--child")?),
             "--max-write-bytes" => {
-                s.max_write_bytes =
+                s.tuning.max_write_bytes =
                     Some(num("--max-write-bytes", value("--max-write-bytes")?)? as usize)
             }
             "--writes-in-flight" => {
-                s.writes_in_flight =
+                s.tuning.writes_in_flight =
                     Some(num("--writes-in-flight", value("--writes-in-flight")?)? as usize)
+            }
+            "--flush-mib" => {
+                let mib = num("--flush-mib", value("--flush-mib")?)?;
+                s.tuning.flush_bytes = Some(
+                    mib.checked_mul(1 << 20)
+                        .filter(|&b| b > 0)
+                        .ok_or("--flush-mib: 1 or more, not too large")?,
+                )
+            }
+            "--flush-interval-ms" => {
+                s.tuning.flush_interval_ms =
+                    Some(num("--flush-interval-ms", value("--flush-interval-ms")?)?)
             }
             other => {
                 return Err(format!(
@@ -175,9 +194,11 @@ fn build_batch(queue: u32, record_bytes: usize, max_bytes: usize, n: Option<usiz
 fn bench_config(dir: &Path, flush: FlushMode) -> StoreConfig {
     let mut cfg = StoreConfig::new(dir);
     cfg.flush = flush;
-    let (max_write, in_flight) = WRITE_TUNING.get().copied().unwrap_or_default();
-    cfg.max_write_bytes = max_write.unwrap_or(cfg.max_write_bytes);
-    cfg.writes_in_flight = in_flight.unwrap_or(cfg.writes_in_flight);
+    let t = TUNING.get().copied().unwrap_or_default();
+    cfg.max_write_bytes = t.max_write_bytes.unwrap_or(cfg.max_write_bytes);
+    cfg.writes_in_flight = t.writes_in_flight.unwrap_or(cfg.writes_in_flight);
+    cfg.flush_bytes = t.flush_bytes.unwrap_or(cfg.flush_bytes);
+    cfg.flush_interval_ms = t.flush_interval_ms.unwrap_or(cfg.flush_interval_ms);
     cfg
 }
 
@@ -612,8 +633,12 @@ fn run_async(s: &Settings, md: &mut String) -> Result<Value, String> {
             json!({"rounds": rs, "ratio": ratio}),
         );
     }
+    let cfg = bench_config(&s.dir, FlushMode::Async);
     *md += &format!(
-        "\nfio sequential direct writes (1 MiB, io_uring, iodepth 4, fresh blocks), same rounds: {} MiB/s.\n\n",
+        "\nThe store fdatasyncs every {} ms or {} MiB. fio sequential direct writes (1 MiB, io_uring, \
+         iodepth 4, fresh blocks, no fdatasync), same rounds: {} MiB/s.\n\n",
+        cfg.flush_interval_ms,
+        cfg.flush_bytes >> 20,
         md_spread(&spread(fio_mib.clone()), 1)
     );
     out.insert("fio_mib_s".into(), json!(fio_mib));
@@ -733,7 +758,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _ = WRITE_TUNING.set((s.max_write_bytes, s.writes_in_flight));
+    let _ = TUNING.set(s.tuning);
     if let Some(child) = s.child.clone() {
         let s2 = s.clone();
         match child.as_str() {
@@ -793,6 +818,8 @@ fn main() -> ExitCode {
             "store": "StoreConfig::new defaults (1 GiB segments, 64 MiB pending, 64 MiB tail cache) unless set below",
             "max_write_bytes": bench_config(&s.dir, FlushMode::Async).max_write_bytes,
             "writes_in_flight": bench_config(&s.dir, FlushMode::Async).writes_in_flight,
+            "async_flush_bytes": bench_config(&s.dir, FlushMode::Async).flush_bytes,
+            "async_flush_interval_ms": bench_config(&s.dir, FlushMode::Async).flush_interval_ms,
         },
         "results": results,
     });
