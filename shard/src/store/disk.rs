@@ -51,11 +51,16 @@ impl DiskError {
         }
     }
 
-    /// Whether the device is out of space (ENOSPC or EDQUOT).
+    /// Whether the device is out of space (ENOSPC or EDQUOT). glommio
+    /// hands these over as custom errors that keep only the kind, so the
+    /// kind counts as much as the raw OS error.
     pub fn is_no_space(&self) -> bool {
         matches!(
             self.source.raw_os_error(),
             Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        ) || matches!(
+            self.source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
         )
     }
 }
@@ -637,5 +642,29 @@ impl DiskFile for MemDiskFile {
 
     fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_recognised_however_it_is_wrapped() {
+        let at = Path::new("/data/commitlog/0.log");
+        let raw = DiskError::new("write", at, io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(raw.is_no_space());
+        // What glommio returns for a failed fallocate on a full disk.
+        let wrapped = DiskError::new(
+            "fallocate",
+            at,
+            io::Error::new(
+                io::ErrorKind::StorageFull,
+                "No space left on device (os error 28), op: Pre-allocate space",
+            ),
+        );
+        assert!(wrapped.is_no_space());
+        let other = DiskError::new("write", at, io::Error::from_raw_os_error(libc::EIO));
+        assert!(!other.is_no_space());
     }
 }
