@@ -3,7 +3,7 @@
 
 use crate::workload::Workload;
 use ringmq_namesrv::{NamesrvConfig, RunningNamesrv};
-use ringmq_shard::broker::{self, BrokerConfig, RunningBroker};
+use ringmq_shard::broker::{self, BrokerArgs, BrokerConfig, RunningBroker};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -20,16 +20,17 @@ impl Embedded {
     /// Starts a name server and a broker as `w` asks: its shards (pinned
     /// to CPUs 0..), flush mode and catch-up read limit.
     pub fn start(w: &Workload) -> Result<Self, String> {
-        // Settings first: nothing is started for a workload that is refused.
-        let shards = w.shards;
-        let flush: ringmq_core::FlushMode = w.flush.parse().map_err(|e| format!("--flush: {e}"))?;
-        let catch_up_bytes_per_sec = match w.catch_up_mib_per_sec.unwrap_or(0) {
-            0 => None,
-            m => Some(
-                m.checked_mul(1 << 20)
-                    .ok_or(format!("--catch-up-mib-per-sec {m}: too large"))?,
-            ),
-        };
+        // Settings first, through the broker's own flag checks: nothing is
+        // started for a workload that is refused.
+        let mut cfg = BrokerConfig::resolve(BrokerArgs {
+            listen: Some("127.0.0.1:0".into()),
+            shards: Some(w.shards),
+            flush: Some(w.flush.clone()),
+            catch_up_mib_per_sec: w.catch_up_mib_per_sec,
+            advertise_host: Some("127.0.0.1".into()),
+            ..BrokerArgs::default()
+        })
+        .map_err(|e| e.to_string())?;
         let dir = tempfile::Builder::new()
             .prefix("ringmq-loadgen-")
             .tempdir_in(std::env::var_os("RINGMQ_LOADGEN_DIR").unwrap_or_else(|| "/var/tmp".into()))
@@ -41,12 +42,8 @@ impl Embedded {
             cpu: None,
         })
         .map_err(|e| e.to_string())?;
-        let mut cfg = BrokerConfig::for_test(dir.path().join("data"), shards);
+        cfg.data_dir = dir.path().join("data");
         cfg.namesrv = vec![namesrv.addr.to_string()];
-        cfg.advertise_host = Some("127.0.0.1".into());
-        cfg.flush = flush;
-        cfg.segment_bytes = 1 << 30;
-        cfg.catch_up_bytes_per_sec = catch_up_bytes_per_sec;
         let broker = broker::start(cfg.clone()).map_err(|e| e.to_string())?;
         let node = Self {
             namesrv: Some(namesrv),
