@@ -93,10 +93,8 @@ pub struct Recorder {
     pub draining: Option<Histogram<u64>>,
     /// Publish latency after the backlog drained, in the same run: the
     /// same rate with no backlog, on the same disk at nearly the same time.
+    /// Once it exists it takes the samples instead of `draining`.
     pub drained: Option<Histogram<u64>>,
-    /// Whether [`Recorder::draining`] (else [`Recorder::drained`]) takes
-    /// the samples.
-    pub drain_open: bool,
 }
 
 impl Recorder {
@@ -125,7 +123,6 @@ impl Recorder {
             verify: verify.then(Verifier::default),
             draining: None,
             drained: None,
-            drain_open: false,
         }
     }
 
@@ -171,13 +168,11 @@ impl Recorder {
     /// second on also go to [`Recorder::draining`].
     pub fn start_drain(&mut self) {
         self.draining = Some(histogram());
-        self.drain_open = true;
     }
 
     /// The backlog is drained: [`Recorder::draining`] is complete and
     /// later seconds go to [`Recorder::drained`].
     pub fn end_drain(&mut self) {
-        self.drain_open = false;
         self.drained = Some(histogram());
     }
 
@@ -214,10 +209,7 @@ impl Recorder {
             publish_p99_us: self.interval_publish.value_at_quantile(0.99),
             e2e_p99_us,
         };
-        let phase = match self.drain_open {
-            true => self.draining.as_mut(),
-            false => self.drained.as_mut(),
-        };
+        let phase = self.drained.as_mut().or(self.draining.as_mut());
         if let (Some(h), true) = (phase, self.measuring) {
             let _ = h.add(&self.interval_publish);
         }

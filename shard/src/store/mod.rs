@@ -943,9 +943,9 @@ impl<D: Disk> Store<D> {
                 // instead of each reading its own overlapping one; never
                 // past what is written (later bytes may still change) or
                 // the segment's end.
-                let window = self.inner.cfg.read_ahead_bytes.max(1) as u64;
-                let from = disk::align_down(pos - pos % window).max(seg_start);
-                let to = (from + window)
+                let span = self.inner.cfg.read_ahead_bytes.max(1) as u64;
+                let from = disk::align_down(pos - pos % span).max(seg_start);
+                let to = (from + span)
                     .max(pos + len as u64)
                     .min(st.log.written_pos.max(pos + len as u64))
                     .min(seg_start + st.log.segment_bytes);
