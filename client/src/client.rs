@@ -102,6 +102,22 @@ pub(crate) struct Inner {
     fetching: RefCell<HashMap<TopicName, RouteFetch>>,
 }
 
+impl Inner {
+    /// `get` of the topic's cached route while it is fresh (younger than
+    /// `route_refresh`); `None` when there is none or it is stale.
+    fn fresh<T>(
+        &self,
+        topic: &TopicName,
+        get: impl FnOnce(&CachedRoute) -> Option<T>,
+    ) -> Option<T> {
+        let routes = self.routes.borrow();
+        let c = routes.get(topic)?;
+        (c.fetched.elapsed() < self.cfg.route_refresh)
+            .then(|| get(c))
+            .flatten()
+    }
+}
+
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inner")
@@ -212,10 +228,8 @@ impl Client {
 
     /// The topic's route, from the cache while fresh.
     pub async fn route(&self, topic: &TopicName) -> Result<Rc<TopicRoute>, ClientError> {
-        if let Some(c) = self.inner.routes.borrow().get(topic) {
-            if c.fetched.elapsed() < self.inner.cfg.route_refresh {
-                return Ok(c.route.clone());
-            }
+        if let Some(route) = self.inner.fresh(topic, |c| Some(c.route.clone())) {
+            return Ok(route);
         }
         self.refresh_route(topic).await
     }
@@ -330,13 +344,11 @@ impl Client {
         writable: bool,
     ) -> Result<Rc<Vec<QueueRef>>, ClientError> {
         let cached = |inner: &Inner| {
-            inner.routes.borrow().get(topic).and_then(|c| {
-                (c.fetched.elapsed() < inner.cfg.route_refresh).then(|| {
-                    if writable {
-                        c.writable.clone()
-                    } else {
-                        c.readable.clone()
-                    }
+            inner.fresh(topic, |c| {
+                Some(if writable {
+                    c.writable.clone()
+                } else {
+                    c.readable.clone()
                 })
             })
         };
@@ -349,10 +361,8 @@ impl Client {
 
     /// The shard address that owns `q`.
     pub async fn shard_addr(&self, q: &QueueRef) -> Result<SocketAddr, ClientError> {
-        let cached = self.inner.routes.borrow().get(&q.topic).and_then(|c| {
-            (c.fetched.elapsed() < self.inner.cfg.route_refresh)
-                .then(|| c.addrs.get(&(q.broker.clone(), q.queue_id)).copied())
-                .flatten()
+        let cached = self.inner.fresh(&q.topic, |c| {
+            c.addrs.get(&(q.broker.clone(), q.queue_id)).copied()
         });
         if let Some(addr) = cached {
             return Ok(addr);
