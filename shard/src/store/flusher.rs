@@ -120,12 +120,32 @@ pub(super) async fn flush_index<D: Disk>(
     for (qnum, from, bytes) in work {
         index.write(qnum, from, &bytes).await?;
         let mut st = state.borrow_mut();
+        let st = &mut *st;
         let q = &mut st.queues[qnum as usize - 1];
         debug_assert_eq!(q.index_pending_from, from);
         q.index_pending.drain(..bytes.len());
         q.index_pending_from += bytes.len() as u64 / INDEX_ENTRY_BYTES;
+        // Consumers at the tail ask for these entries next: keep the whole
+        // blocks just written, or each one is read straight back from disk.
+        for (block_no, block) in whole_blocks(from, &bytes) {
+            st.index_cache.insert((qnum, block_no), block);
+        }
     }
     Ok(())
+}
+
+/// The whole index blocks inside `bytes`, entries written from offset
+/// `from`: (block number, its bytes). A partial first or last block is left
+/// out; its start or end is not in `bytes`.
+fn whole_blocks(from: u64, bytes: &[u8]) -> impl Iterator<Item = (u64, bytes::Bytes)> + '_ {
+    let first = from.div_ceil(ENTRIES_PER_BLOCK);
+    let skip = ((first * ENTRIES_PER_BLOCK - from) * INDEX_ENTRY_BYTES) as usize;
+    bytes
+        .get(skip..)
+        .unwrap_or_default()
+        .chunks_exact(BLOCK_BYTES as usize)
+        .zip(first..)
+        .map(|(b, n)| (n, bytes::Bytes::copy_from_slice(b)))
 }
 
 impl<D: Disk> Flusher<D> {
@@ -574,5 +594,38 @@ pub(super) async fn tick<D: Disk>(inner: Weak<Inner<D>>, period: Duration) {
             return;
         }
         let _ = inner.wake.try_send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(from: u64, n: u64) -> Vec<u8> {
+        (from..from + n)
+            .flat_map(|o| {
+                let mut e = [0u8; INDEX_ENTRY_BYTES as usize];
+                e[..8].copy_from_slice(&o.to_le_bytes());
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_whole_index_blocks_are_kept() {
+        let epb = ENTRIES_PER_BLOCK;
+        // From a block boundary: two whole blocks and a partial third.
+        let bytes = entries(epb, 2 * epb + 5);
+        let got: Vec<_> = whole_blocks(epb, &bytes).collect();
+        assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(got[1].1[..8], (2 * epb).to_le_bytes());
+        assert_eq!(got[1].1.len(), BLOCK_BYTES as usize);
+        // From mid-block: the first block's start is not there.
+        let bytes = entries(3, 2 * epb);
+        let got: Vec<_> = whole_blocks(3, &bytes).collect();
+        assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1]);
+        assert_eq!(got[0].1[..8], epb.to_le_bytes());
+        // Less than a block: nothing.
+        assert_eq!(whole_blocks(7, &entries(7, 10)).count(), 0);
     }
 }
