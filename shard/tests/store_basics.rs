@@ -473,3 +473,51 @@ fn a_deleted_topic_recreated_starts_empty_across_restarts() {
         store.close().await.unwrap();
     });
 }
+
+#[test]
+fn index_blocks_are_written_four_at_a_time_and_read_from_memory_before() {
+    run(|| async {
+        let disk = MemDisk::new();
+        let cfg = small_config("/data");
+        let store = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        // Bytes of index entries on disk (files of 512 entries, 16 bytes each).
+        let index_bytes_written = || {
+            disk.paths()
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+                .filter_map(|p| disk.contents(p))
+                .map(|c| c.iter().filter(|&&b| b != 0).count())
+                .sum::<usize>()
+        };
+        let mut expect = Vec::new();
+        let append = |expect: &mut Vec<Vec<u8>>, n: usize| {
+            let b = bodies(expect.len() as u64, n, 8);
+            expect.extend(b.clone());
+            batch(0, &b)
+        };
+        // Three whole blocks (256 entries each) and a bit: nothing written yet.
+        for _ in 0..7 {
+            store.append(q, append(&mut expect, 110)).await.unwrap();
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            index_bytes_written(),
+            0,
+            "fewer than four whole blocks wait"
+        );
+        assert_eq!(read_bodies(&store, q).await, expect, "served from memory");
+        // The fourth whole block: all four go out in one write.
+        for _ in 0..3 {
+            store.append(q, append(&mut expect, 110)).await.unwrap();
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(index_bytes_written() > 0, "four whole blocks are written");
+        assert_eq!(read_bodies(&store, q).await, expect);
+        store.close().await.unwrap();
+        let store = Store::open(disk.clone(), cfg).await.unwrap();
+        let q = store.queue(&topic(), QueueId(0)).unwrap();
+        assert_eq!(read_bodies(&store, q).await, expect);
+        store.close().await.unwrap();
+    });
+}

@@ -77,8 +77,12 @@ const SYNCS_IN_FLIGHT: u64 = 2;
 /// Which index entries to write.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum IndexFlush {
-    /// Only whole blocks: cheap, done every round.
+    /// Whole blocks of the queues that gathered
+    /// [`super::queue_index::WRITE_BLOCKS`] of them: done every round.
     FullBlocks,
+    /// Whole blocks of every queue: recovery, when pending entries of many
+    /// queues add up.
+    EveryFullBlock,
     /// Everything acknowledged, partial blocks too: for checkpoints.
     UpToVisible,
 }
@@ -93,19 +97,23 @@ pub(super) async fn flush_index<D: Disk>(
     let work: Vec<(u32, u64, Vec<u8>)> = {
         let mut st = state.borrow_mut();
         let st = &mut *st;
-        // Whole blocks: only queues that completed one since the last pass.
-        // A checkpoint: every queue, partial blocks too.
+        // Whole blocks: only the queues that gathered enough of them (or,
+        // in recovery, every queue). A checkpoint: every queue, partial
+        // blocks too.
         let candidates: Vec<u32> = match mode {
             IndexFlush::FullBlocks => std::mem::take(&mut st.index_full),
-            IndexFlush::UpToVisible => (1..=st.queues.len() as u32).collect(),
+            IndexFlush::EveryFullBlock | IndexFlush::UpToVisible => {
+                st.index_full.clear();
+                (1..=st.queues.len() as u32).collect()
+            }
         };
         candidates
             .into_iter()
             .filter_map(|qnum| {
                 let q = st.queues.get_mut(qnum as usize - 1)?;
+                q.index_queued = false;
                 let upto = match mode {
-                    IndexFlush::FullBlocks => {
-                        q.index_queued = false;
+                    IndexFlush::FullBlocks | IndexFlush::EveryFullBlock => {
                         (q.next_offset / ENTRIES_PER_BLOCK) * ENTRIES_PER_BLOCK
                     }
                     IndexFlush::UpToVisible => q.visible_next,

@@ -371,8 +371,9 @@ impl<F> State<F> {
             .ok_or(StoreError::UnknownQueue(q.0))
     }
 
-    /// Queue `qnum`'s next offset moved from `from` to `to`; if that
-    /// completed an index block, queue the queue for a whole-block write.
+    /// Queue `qnum`'s next offset moved from `from` to `to`; once that
+    /// leaves [`queue_index::WRITE_BLOCKS`] whole index blocks unwritten,
+    /// queue the queue for a whole-block write.
     fn index_grew(&mut self, qnum: u32, from: u64, to: u64) {
         let per_block = queue_index::ENTRIES_PER_BLOCK;
         if from / per_block == to / per_block {
@@ -382,7 +383,8 @@ impl<F> State<F> {
             .checked_sub(1)
             .and_then(|i| self.queues.get_mut(i as usize))
         {
-            if !q.index_queued {
+            let whole = to / per_block - q.index_pending_from / per_block;
+            if whole >= queue_index::WRITE_BLOCKS && !q.index_queued {
                 q.index_queued = true;
                 self.index_full.push(qnum);
             }

@@ -11,8 +11,9 @@
 //! `index/<qnum:08>/<first_offset:020>.idx`, `entries_per_file` entries each.
 //!
 //! Memory stays bounded whatever the backlog: entries not yet written stay
-//! in the queue's pending buffer (at most a block plus one flush round); the
-//! rest is read from disk through a small FIFO cache of whole blocks.
+//! in the queue's pending buffer (at most [`WRITE_BLOCKS`] blocks plus one
+//! flush round, until the next checkpoint); the rest is read from disk
+//! through a small FIFO cache of whole blocks.
 
 use super::aligned::AlignedWriter;
 use super::disk::{Disk, DiskFile, BLOCK_BYTES};
@@ -25,6 +26,12 @@ use std::rc::Rc;
 pub(crate) const INDEX_ENTRY_BYTES: u64 = 16;
 /// Entries per 4 KiB block.
 pub(crate) const ENTRIES_PER_BLOCK: u64 = BLOCK_BYTES / INDEX_ENTRY_BYTES;
+/// Whole blocks a queue gathers before they are written, in one write.
+/// Every disk write costs tens of µs of CPU on a virtual disk and a turn
+/// on a device that serves one request at a time, while recovery rebuilds
+/// unwritten entries from the log anyway: one 16 KiB write instead of four
+/// 4 KiB ones. Costs at most 16 KiB of memory per busy queue.
+pub(crate) const WRITE_BLOCKS: u64 = 4;
 
 /// Where a record's batch is in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

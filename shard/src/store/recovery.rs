@@ -397,7 +397,7 @@ async fn scan<D: Disk>(
                 .map(|q| q.index_pending.len())
                 .sum();
             if pending > SCAN_INDEX_FLUSH_BYTES {
-                flush_index(state, index, IndexFlush::FullBlocks).await?;
+                flush_index(state, index, IndexFlush::EveryFullBlock).await?;
             }
         };
         match step {
