@@ -217,8 +217,13 @@ pub(crate) struct LogState<F> {
     pub(crate) written_pos: u64,
     /// Everything before this is durable (fdatasynced).
     pub(crate) synced_pos: u64,
-    /// Everything before this is acknowledged (written, or synced in `sync` mode).
+    /// End of the last acknowledged entry (written, or synced in `sync`
+    /// mode): an entry boundary, so a checkpoint can record it.
     pub(crate) acked_pos: u64,
+    /// A checkpoint waits for the log to be durable up to here: in `async`
+    /// mode the flusher starts an fdatasync for it without waiting for
+    /// its interval.
+    pub(crate) sync_wanted_to: u64,
     pub(crate) waiters: VecDeque<Waiter>,
 }
 
@@ -234,6 +239,7 @@ impl<F: DiskFile> LogState<F> {
             written_pos: end_pos,
             synced_pos: end_pos,
             acked_pos: end_pos,
+            sync_wanted_to: 0,
             waiters: VecDeque::new(),
         }
     }

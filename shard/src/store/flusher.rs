@@ -1,15 +1,16 @@
-//! The flusher: the one task that writes the log, syncs it, acknowledges
-//! appends, writes index blocks and takes checkpoints. Everything that
-//! awaits the disk on the write side happens here, in order, so appends
-//! never hold a borrow across an await and group commit falls out of the
-//! loop: whatever was placed while the last round was on the disk is
-//! written, and in `sync` mode covered by one fdatasync, in the next.
+//! The flusher: the one task that writes the log, syncs it and
+//! acknowledges appends. Everything that awaits the log on the write side
+//! happens here, in order, so appends never hold a borrow across an await
+//! and group commit falls out of the loop: whatever was placed while the
+//! last round was on the disk is written, and in `sync` mode covered by
+//! one fdatasync, in the next. Index blocks and periodic checkpoints are
+//! the indexer's, beside it; the clean checkpoint at close is the
+//! flusher's, once everything is written and synced.
 
 use super::aligned::{BlockStager, BlockWrite};
-use super::checkpoint::{self, Checkpoint, QueueCheckpoint};
 use super::disk::{Disk, DiskFile, BLOCK_BYTES};
-use super::queue_index::{IndexWriters, ENTRIES_PER_BLOCK, INDEX_ENTRY_BYTES};
-use super::{Inner, State, StoreError};
+use super::indexer;
+use super::{Inner, StoreError};
 use futures::channel::oneshot;
 use ringmq_core::FlushMode;
 use std::cell::RefCell;
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant};
 pub(super) struct Flusher<D: Disk> {
     pub(super) inner: Weak<Inner<D>>,
     pub(super) wake: glommio::channels::local_channel::LocalReceiver<()>,
-    pub(super) index: IndexWriters<D>,
     /// Stages writes to the segment being appended to.
     segment: Option<(u64, BlockStager<D::File>)>,
     /// Log writes in flight, completing in any order.
@@ -33,9 +33,6 @@ pub(super) struct Flusher<D: Disk> {
     /// Log position the last started fdatasync covers.
     sync_started_to: u64,
     last_sync: Instant,
-    last_checkpoint: Instant,
-    /// (written position, metadata version) the last checkpoint recorded.
-    checkpointed: Option<(u64, u64)>,
     /// Slots for fdatasyncs in flight ([`SYNCS_IN_FLIGHT`]).
     sync_slots: Rc<glommio::sync::Semaphore>,
     /// Completes when the last started fdatasync has acknowledged (or failed).
@@ -74,93 +71,10 @@ const SMALL_ROUND_SLACK: usize = 64 * 1024;
 /// alternating.
 const SYNCS_IN_FLIGHT: u64 = 2;
 
-/// Which index entries to write.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum IndexFlush {
-    /// Whole blocks of the queues that gathered
-    /// [`super::queue_index::WRITE_BLOCKS`] of them: done every round.
-    FullBlocks,
-    /// Whole blocks of every queue: recovery, when pending entries of many
-    /// queues add up.
-    EveryFullBlock,
-    /// Everything acknowledged, partial blocks too: for checkpoints.
-    UpToVisible,
-}
-
-/// Writes pending index entries of every queue (per `mode`) and trims them
-/// from memory once written. Shared by recovery and the flusher.
-pub(super) async fn flush_index<D: Disk>(
-    state: &RefCell<State<D::File>>,
-    index: &mut IndexWriters<D>,
-    mode: IndexFlush,
-) -> Result<(), StoreError> {
-    let work: Vec<(u32, u64, Vec<u8>)> = {
-        let mut st = state.borrow_mut();
-        let st = &mut *st;
-        // Whole blocks: only the queues that gathered enough of them (or,
-        // in recovery, every queue). A checkpoint: every queue, partial
-        // blocks too.
-        let candidates: Vec<u32> = match mode {
-            IndexFlush::FullBlocks => std::mem::take(&mut st.index_full),
-            IndexFlush::EveryFullBlock | IndexFlush::UpToVisible => {
-                st.index_full.clear();
-                (1..=st.queues.len() as u32).collect()
-            }
-        };
-        candidates
-            .into_iter()
-            .filter_map(|qnum| {
-                let q = st.queues.get_mut(qnum as usize - 1)?;
-                q.index_queued = false;
-                let upto = match mode {
-                    IndexFlush::FullBlocks | IndexFlush::EveryFullBlock => {
-                        (q.next_offset / ENTRIES_PER_BLOCK) * ENTRIES_PER_BLOCK
-                    }
-                    IndexFlush::UpToVisible => q.visible_next,
-                };
-                let from = q.index_pending_from;
-                let n = upto.checked_sub(from).filter(|&n| n > 0)?;
-                let bytes = q.index_pending.get(..(n * INDEX_ENTRY_BYTES) as usize)?;
-                Some((qnum, from, bytes.to_vec()))
-            })
-            .collect()
-    };
-    for (qnum, from, bytes) in work {
-        index.write(qnum, from, &bytes).await?;
-        let mut st = state.borrow_mut();
-        let st = &mut *st;
-        let q = &mut st.queues[qnum as usize - 1];
-        debug_assert_eq!(q.index_pending_from, from);
-        q.index_pending.drain(..bytes.len());
-        q.index_pending_from += bytes.len() as u64 / INDEX_ENTRY_BYTES;
-        // Consumers at the tail ask for these entries next: keep the whole
-        // blocks just written, or each one is read straight back from disk.
-        for (block_no, block) in whole_blocks(from, &bytes) {
-            st.index_cache.insert((qnum, block_no), block);
-        }
-    }
-    Ok(())
-}
-
-/// The whole index blocks inside `bytes`, entries written from offset
-/// `from`: (block number, its bytes). A partial first or last block is left
-/// out; its start or end is not in `bytes`.
-fn whole_blocks(from: u64, bytes: &[u8]) -> impl Iterator<Item = (u64, bytes::Bytes)> + '_ {
-    let first = from.div_ceil(ENTRIES_PER_BLOCK);
-    let skip = ((first * ENTRIES_PER_BLOCK - from) * INDEX_ENTRY_BYTES) as usize;
-    bytes
-        .get(skip..)
-        .unwrap_or_default()
-        .chunks_exact(BLOCK_BYTES as usize)
-        .zip(first..)
-        .map(|(b, n)| (n, bytes::Bytes::copy_from_slice(b)))
-}
-
 impl<D: Disk> Flusher<D> {
     pub(super) fn new(
         inner: Weak<Inner<D>>,
         wake: glommio::channels::local_channel::LocalReceiver<()>,
-        index: IndexWriters<D>,
         writes_in_flight: usize,
     ) -> Self {
         let (done, last_sync_done) = oneshot::channel();
@@ -168,15 +82,12 @@ impl<D: Disk> Flusher<D> {
         Self {
             inner,
             wake,
-            index,
             segment: None,
             writes: Rc::default(),
             write_slots: Rc::new(glommio::sync::Semaphore::new(writes_in_flight as u64)),
             partial_write: None,
             sync_started_to: 0,
             last_sync: Instant::now(),
-            last_checkpoint: Instant::now(),
-            checkpointed: None,
             sync_slots: Rc::new(glommio::sync::Semaphore::new(SYNCS_IN_FLIGHT)),
             last_sync_done,
         }
@@ -198,7 +109,7 @@ impl<D: Disk> Flusher<D> {
             };
             if closing && (idle || poisoned) {
                 if !poisoned {
-                    if let Err(e) = self.checkpoint(&inner, true).await {
+                    if let Err(e) = self.clean_checkpoint(&inner).await {
                         poison(&inner, &e);
                     }
                 }
@@ -217,7 +128,7 @@ impl<D: Disk> Flusher<D> {
     }
 
     /// One pass: hand what was placed to the disk, start an fdatasync when
-    /// one is due, write full index blocks, checkpoint when due.
+    /// one is due, and wake the indexer when queues gathered index blocks.
     async fn round(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
         let chunks: Vec<_> = {
             let mut st = inner.state.borrow_mut();
@@ -254,9 +165,15 @@ impl<D: Disk> Flusher<D> {
             self.flush_held(inner).await?;
         }
         let cfg = &inner.cfg;
-        let (closing, written, synced) = {
+        let (closing, written, synced, wanted, index_due) = {
             let st = inner.state.borrow();
-            (st.closing, st.log.written_pos, st.log.synced_pos)
+            (
+                st.closing,
+                st.log.written_pos,
+                st.log.synced_pos,
+                st.log.sync_wanted_to,
+                !st.index_full.is_empty(),
+            )
         };
         self.sync_started_to = self.sync_started_to.max(synced);
         let unsynced = written.saturating_sub(self.sync_started_to);
@@ -265,6 +182,7 @@ impl<D: Disk> Flusher<D> {
                 FlushMode::Sync => true,
                 FlushMode::Async => {
                     closing
+                        || wanted > self.sync_started_to
                         || unsynced >= cfg.flush_bytes
                         || self.last_sync.elapsed() >= Duration::from_millis(cfg.flush_interval_ms)
                 }
@@ -272,9 +190,8 @@ impl<D: Disk> Flusher<D> {
         if sync_due {
             self.start_sync(inner).await?;
         }
-        flush_index(&inner.state, &mut self.index, IndexFlush::FullBlocks).await?;
-        if self.last_checkpoint.elapsed() >= Duration::from_millis(cfg.checkpoint_interval_ms) {
-            self.checkpoint(inner, false).await?;
+        if index_due {
+            let _ = inner.index_wake.try_send(());
         }
         Ok(())
     }
@@ -475,60 +392,12 @@ impl<D: Disk> Flusher<D> {
         Ok(())
     }
 
-    /// Syncs the log, brings every index file up to the acknowledged
-    /// offsets, syncs them, then records the position atomically.
-    /// An idle store skips periodic checkpoints that would record nothing
-    /// new (no fsyncs while nothing happens); a clean one is always written.
-    async fn checkpoint(&mut self, inner: &Rc<Inner<D>>, clean: bool) -> Result<(), StoreError> {
-        let now = {
-            let st = inner.state.borrow();
-            (st.log.written_pos, st.meta_version)
-        };
-        if !clean && self.checkpointed == Some(now) {
-            self.last_checkpoint = Instant::now();
-            return Ok(());
-        }
+    /// At close, once no append can come: syncs everything, then records
+    /// a clean checkpoint, so the next open does not rescan.
+    async fn clean_checkpoint(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
         self.sync_all(inner).await?;
-        flush_index(&inner.state, &mut self.index, IndexFlush::UpToVisible).await?;
-        self.index.sync().await?;
-        let ckpt = {
-            let st = inner.state.borrow();
-            Checkpoint {
-                log_position: st.log.acked_pos,
-                clean,
-                queues: st
-                    .queues
-                    .iter()
-                    .enumerate()
-                    .map(|(i, q)| QueueCheckpoint {
-                        qnum: i as u32 + 1,
-                        next_offset: q.visible_next,
-                        min_offset: q.min_offset,
-                    })
-                    .collect(),
-                consumer_offsets: st
-                    .offsets
-                    .iter()
-                    .map(|((g, q), o)| (g.as_str().to_owned(), *q, *o))
-                    .collect(),
-                segment_max_ts: st.segment_max_ts.iter().map(|(s, t)| (*s, *t)).collect(),
-                log_generation: if st.log.acked_pos > st.generation_start_pos {
-                    st.generation
-                } else {
-                    st.previous_generation
-                },
-            }
-        };
-        checkpoint::write_meta(
-            &inner.disk,
-            &inner.cfg.dir,
-            checkpoint::CHECKPOINT_FILE,
-            &ckpt,
-        )
-        .await?;
-        inner.state.borrow_mut().checkpoint_pos = ckpt.log_position;
-        self.last_checkpoint = Instant::now();
-        self.checkpointed = Some(now);
+        let ckpt = indexer::snapshot(&inner.state.borrow(), true);
+        indexer::write_checkpoint(inner, ckpt).await?;
         Ok(())
     }
 }
@@ -545,6 +414,8 @@ fn mark_synced<D: Disk>(inner: &Inner<D>, pos: u64) {
         FlushMode::Sync => acknowledge(inner, pos),
         FlushMode::Async => acknowledge(inner, written),
     }
+    // A checkpoint may be waiting for the log to be durable.
+    let _ = inner.index_wake.try_send(());
 }
 
 /// Completes every waiter whose bytes end at or before `ack_to` and makes
@@ -562,12 +433,15 @@ fn acknowledge<D: Disk>(inner: &Inner<D>, ack_to: u64) {
         if let Some(tx) = w.tx.take() {
             let _ = tx.send(Ok(()));
         }
+        // The end of an entry, never `ack_to` itself: a write or fdatasync
+        // may end mid-entry, and a checkpoint records this position as
+        // where recovery's scan starts.
+        st.log.acked_pos = st.log.acked_pos.max(w.end_pos);
     }
-    st.log.acked_pos = st.log.acked_pos.max(ack_to);
 }
 
 /// A write or sync failed: nothing more may be acknowledged.
-fn poison<D: Disk>(inner: &Inner<D>, e: &StoreError) {
+pub(super) fn poison<D: Disk>(inner: &Inner<D>, e: &StoreError) {
     tracing::error!(error = %e, dir = %inner.cfg.dir.display(), "store poisoned: refusing writes until restart");
     let mut st = inner.state.borrow_mut();
     if st.poisoned.is_none() {
@@ -592,8 +466,8 @@ fn fail_waiters<D: Disk>(inner: &Inner<D>) {
     }
 }
 
-/// Wakes the flusher periodically so `async` syncs and checkpoints happen
-/// while no appends arrive. Ends with the store.
+/// Wakes the flusher and the indexer periodically so `async` syncs and
+/// checkpoints happen while no appends arrive. Ends with the store.
 pub(super) async fn tick<D: Disk>(inner: Weak<Inner<D>>, period: Duration) {
     loop {
         glommio::timer::sleep(period).await;
@@ -602,38 +476,6 @@ pub(super) async fn tick<D: Disk>(inner: Weak<Inner<D>>, period: Duration) {
             return;
         }
         let _ = inner.wake.try_send(());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entries(from: u64, n: u64) -> Vec<u8> {
-        (from..from + n)
-            .flat_map(|o| {
-                let mut e = [0u8; INDEX_ENTRY_BYTES as usize];
-                e[..8].copy_from_slice(&o.to_le_bytes());
-                e
-            })
-            .collect()
-    }
-
-    #[test]
-    fn only_whole_index_blocks_are_kept() {
-        let epb = ENTRIES_PER_BLOCK;
-        // From a block boundary: two whole blocks and a partial third.
-        let bytes = entries(epb, 2 * epb + 5);
-        let got: Vec<_> = whole_blocks(epb, &bytes).collect();
-        assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(got[1].1[..8], (2 * epb).to_le_bytes());
-        assert_eq!(got[1].1.len(), BLOCK_BYTES as usize);
-        // From mid-block: the first block's start is not there.
-        let bytes = entries(3, 2 * epb);
-        let got: Vec<_> = whole_blocks(3, &bytes).collect();
-        assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1]);
-        assert_eq!(got[0].1[..8], epb.to_le_bytes());
-        // Less than a block: nothing.
-        assert_eq!(whole_blocks(7, &entries(7, 10)).count(), 0);
+        let _ = inner.index_wake.try_send(());
     }
 }

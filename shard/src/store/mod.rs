@@ -9,7 +9,9 @@
 //! - `queue_index`: per-queue fixed-size index entries and their files.
 //! - `range_cache`: bounded caches of log bytes: the tail, and read-ahead windows.
 //! - `flusher`: the task that writes, syncs and acknowledges (group commit),
-//!   flushes index blocks and takes checkpoints.
+//!   and writes the clean checkpoint at close.
+//! - `indexer`: the task beside it that writes whole index blocks and takes
+//!   periodic checkpoints, off the path to an acknowledgement.
 //! - `checkpoint`: atomic metadata files: checkpoint and generation.
 //! - `queue_table`: the append-only table of (topic, queue id) -> qnum.
 //! - `recovery`: opening a store: load the checkpoint, scan the log after
@@ -37,6 +39,7 @@ mod checkpoint;
 mod commit_log;
 pub mod disk;
 mod flusher;
+mod indexer;
 mod queue_index;
 mod queue_table;
 mod range_cache;
@@ -340,8 +343,8 @@ struct State<F> {
     index_files: FifoCache<(u32, u64), Rc<F>>,
     /// Newest store time in each segment, for age-based retention.
     segment_max_ts: BTreeMap<u64, i64>,
-    /// Queues that filled an index block since the flusher last wrote
-    /// whole blocks: the flusher visits only these, not every queue.
+    /// Queues that gathered whole index blocks since the indexer last
+    /// wrote them: the indexer visits only these, not every queue.
     index_full: Vec<u32>,
     /// Log position of the last checkpoint: retention deletes only before it.
     checkpoint_pos: u64,
@@ -407,12 +410,18 @@ struct Inner<D: Disk> {
     cfg: StoreConfig,
     state: RefCell<State<D::File>>,
     wake: glommio::channels::local_channel::LocalSender<()>,
+    /// Wakes the indexer (whole index blocks, checkpoints).
+    index_wake: glommio::channels::local_channel::LocalSender<()>,
+    /// The index files; the lock keeps the indexer's writes and
+    /// checkpoints and the clean checkpoint at close apart.
+    index: futures::lock::Mutex<queue_index::IndexWriters<D>>,
     /// Bytes placed but not acknowledged: the append path's backpressure.
     pending_room: glommio::sync::Semaphore,
     /// The queue table; its lock also serializes queue creation.
     queue_table: futures::lock::Mutex<QueueTable<D::File>>,
     roll_lock: futures::lock::Mutex<()>,
     flusher: RefCell<Option<glommio::Task<()>>>,
+    indexer: RefCell<Option<glommio::Task<()>>>,
     recovery: RecoveryReport,
     /// Low-share task queue for reads behind the tail, so catching-up
     /// consumers yield to appends.
@@ -789,6 +798,12 @@ impl<D: Disk> Store<D> {
         self.inner.state.borrow_mut().closing = true;
         let _ = self.inner.wake.try_send(());
         let task = self.inner.flusher.borrow_mut().take();
+        if let Some(task) = task {
+            task.await;
+        }
+        // The flusher wrote the clean checkpoint; the indexer sees `closing`.
+        let _ = self.inner.index_wake.try_send(());
+        let task = self.inner.indexer.borrow_mut().take();
         if let Some(task) = task {
             task.await;
         }

@@ -7,7 +7,8 @@
 use super::checkpoint::{self, Checkpoint, QueueCheckpoint};
 use super::commit_log::{self, EntryPrefix, LogState, ENTRY_PREFIX_BYTES};
 use super::disk::{align_down, Disk, DiskFile};
-use super::flusher::{self, flush_index, Flusher, IndexFlush};
+use super::flusher::{self, Flusher};
+use super::indexer::{flush_index, IndexFlush, Indexer};
 use super::queue_index::{FifoCache, IndexEntry, IndexWriters};
 use super::queue_table::{QueueRow, QueueTable};
 use super::range_cache::RangeCache;
@@ -136,6 +137,7 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
         "store opened"
     );
     let (tx, rx) = glommio::channels::local_channel::new_bounded(1);
+    let (index_tx, index_rx) = glommio::channels::local_channel::new_bounded(1);
     let catch_up = glommio::executor().create_task_queue(
         glommio::Shares::Static(CATCH_UP_SHARES),
         glommio::Latency::NotImportant,
@@ -146,9 +148,12 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
         disk,
         state,
         wake: tx,
+        index_wake: index_tx,
+        index: futures::lock::Mutex::new(index),
         queue_table: futures::lock::Mutex::new(queue_table),
         roll_lock: futures::lock::Mutex::new(()),
         flusher: RefCell::new(None),
+        indexer: RefCell::new(None),
         recovery: super::RecoveryReport {
             clean_shutdown: ckpt.clean,
             scanned_bytes: scan.end_pos - from,
@@ -159,8 +164,10 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
         catch_up_pace: super::CatchUpPace::new(cfg.catch_up_bytes_per_sec),
         cfg,
     });
-    let flusher = Flusher::new(Rc::downgrade(&inner), rx, index, inner.cfg.writes_in_flight);
+    let flusher = Flusher::new(Rc::downgrade(&inner), rx, inner.cfg.writes_in_flight);
     *inner.flusher.borrow_mut() = Some(glommio::spawn_local(flusher.run()));
+    let indexer = Indexer::new(Rc::downgrade(&inner), index_rx);
+    *inner.indexer.borrow_mut() = Some(glommio::spawn_local(indexer.run()));
     let period = Duration::from_millis(
         inner
             .cfg
