@@ -135,7 +135,8 @@ impl<D: Disk> Flusher<D> {
             st.log.pending.drain(..).collect()
         };
         let max_write = inner.cfg.max_write_bytes.max(BLOCK_BYTES as usize);
-        for chunk in chunks {
+        let last_chunk = chunks.len().saturating_sub(1);
+        for (chunk_no, chunk) in chunks.into_iter().enumerate() {
             // A chunk is allocated for a full round (4 MiB) but a quiet round
             // holds little. The tail cache counts bytes, not allocations, so
             // a small round is copied to its own size rather than pin a
@@ -150,17 +151,26 @@ impl<D: Disk> Flusher<D> {
             while at < data.len() {
                 let piece = data.slice(at..(at + max_write).min(data.len()));
                 at += piece.len();
+                // With no write in flight, the round's last bytes go out at
+                // once, partial block and all; the next write, which
+                // rewrites that block, waits for this one. Held back, they
+                // would need a write (and in `sync` mode an fdatasync) of
+                // their own after it. With writes in flight (a busy log),
+                // the partial block is held so writes keep overlapping.
+                let last = chunk_no == last_chunk && at == data.len();
+                let hold = !last || !self.writes.borrow().ends.is_empty();
                 self.stage(
                     inner,
                     chunk.seg_start,
                     chunk.pos + at as u64 - piece.len() as u64,
                     piece,
+                    hold,
                 )
                 .await?;
             }
         }
-        // Bytes held back for the next write go out once nothing else is
-        // in flight: they may be all there is for a while.
+        // Bytes held back go out once nothing else is in flight: they may
+        // be all there is for a while.
         if self.writes.borrow().ends.is_empty() {
             self.flush_held(inner).await?;
         }
@@ -197,13 +207,15 @@ impl<D: Disk> Flusher<D> {
     }
 
     /// Stages `data`, placed at log position `pos` in the segment starting
-    /// at `seg_start`, and issues the write it completes, if any.
+    /// at `seg_start`, and issues the write it completes, if any. With
+    /// `hold_partial` a partial last block is kept for the next write.
     async fn stage(
         &mut self,
         inner: &Rc<Inner<D>>,
         seg_start: u64,
         pos: u64,
         data: bytes::Bytes,
+        hold_partial: bool,
     ) -> Result<(), StoreError> {
         let offset_in_segment = pos - seg_start;
         let current = matches!(&self.segment, Some((s, w)) if *s == seg_start && w.staged() == offset_in_segment);
@@ -219,9 +231,9 @@ impl<D: Disk> Flusher<D> {
         let Some((_, stager)) = self.segment.as_mut() else {
             return Err(StoreError::Internal("segment stager missing".into()));
         };
-        // Keep the partial block back while other writes may be in flight:
-        // two writes in flight must not share a block.
-        let write = stager.stage(data, true);
+        // Two writes in flight must not share a block: a held partial block
+        // leads the next write; one written now makes the next wait.
+        let write = stager.stage(data, hold_partial);
         if let Some(write) = write {
             self.issue(inner, seg_start, write).await?;
         }
