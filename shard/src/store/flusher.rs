@@ -9,7 +9,8 @@
 
 use super::aligned::{BlockStager, BlockWrite};
 use super::disk::{Disk, DiskFile, BLOCK_BYTES};
-use super::indexer;
+use super::indexer::{self, IndexFlush};
+use super::queue_index::PENDING_MAX_BYTES;
 use super::{Inner, StoreError};
 use futures::channel::oneshot;
 use ringmq_core::FlushMode;
@@ -130,6 +131,12 @@ impl<D: Disk> Flusher<D> {
     /// One pass: hand what was placed to the disk, start an fdatasync when
     /// one is due, and wake the indexer when queues gathered index blocks.
     async fn round(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
+        if inner.state.borrow().index_pending_bytes > PENDING_MAX_BYTES {
+            // The indexer fell behind: hold the log (and so the appends
+            // behind it) back until the index catches up.
+            let mut index = inner.index.lock().await;
+            indexer::flush_index(&inner.state, &mut index, IndexFlush::EveryFullBlock).await?;
+        }
         let chunks: Vec<_> = {
             let mut st = inner.state.borrow_mut();
             st.log.pending.drain(..).collect()

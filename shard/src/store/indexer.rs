@@ -193,8 +193,9 @@ pub(super) enum IndexFlush {
     /// Whole blocks of the queues that gathered
     /// [`super::queue_index::WRITE_BLOCKS`] of them: done every round.
     FullBlocks,
-    /// Whole blocks of every queue: recovery, when pending entries of many
-    /// queues add up.
+    /// Whole blocks of every queue: when pending entries of many queues add
+    /// up (in recovery's scan, or ahead of the log when the indexer fell
+    /// behind).
     EveryFullBlock,
     /// Everything acknowledged, partial blocks too: for checkpoints.
     UpToVisible,
@@ -246,6 +247,15 @@ pub(super) async fn flush_index<D: Disk>(
         debug_assert_eq!(q.index_pending_from, from);
         q.index_pending.drain(..bytes.len());
         q.index_pending_from += bytes.len() as u64 / INDEX_ENTRY_BYTES;
+        st.index_pending_bytes = st.index_pending_bytes.saturating_sub(bytes.len() as u64);
+        debug_assert_eq!(
+            st.index_pending_bytes,
+            st.queues
+                .iter()
+                .map(|q| q.index_pending.len() as u64)
+                .sum::<u64>(),
+            "the pending index count matches the queues' buffers"
+        );
         // Consumers at the tail ask for these entries next: keep the whole
         // blocks just written, or each one is read straight back from disk.
         for (block_no, block) in whole_blocks(from, &bytes) {

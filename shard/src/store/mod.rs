@@ -346,6 +346,9 @@ struct State<F> {
     /// Queues that gathered whole index blocks since the indexer last
     /// wrote them: the indexer visits only these, not every queue.
     index_full: Vec<u32>,
+    /// Bytes of index entries not yet written, over every queue; the
+    /// flusher holds the log back over [`queue_index::PENDING_MAX_BYTES`].
+    index_pending_bytes: u64,
     /// Log position of the last checkpoint: retention deletes only before it.
     checkpoint_pos: u64,
     /// Bumped by every change a checkpoint records besides the log itself
@@ -378,6 +381,7 @@ impl<F> State<F> {
     /// leaves [`queue_index::WRITE_BLOCKS`] whole index blocks unwritten,
     /// queue the queue for a whole-block write.
     fn index_grew(&mut self, qnum: u32, from: u64, to: u64) {
+        self.index_pending_bytes += (to - from) * INDEX_ENTRY_BYTES;
         let per_block = queue_index::ENTRIES_PER_BLOCK;
         if from / per_block == to / per_block {
             return;

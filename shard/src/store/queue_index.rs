@@ -32,6 +32,11 @@ pub(crate) const ENTRIES_PER_BLOCK: u64 = BLOCK_BYTES / INDEX_ENTRY_BYTES;
 /// unwritten entries from the log anyway: one 16 KiB write instead of four
 /// 4 KiB ones. Costs at most 16 KiB of memory per busy queue.
 pub(crate) const WRITE_BLOCKS: u64 = 4;
+/// Index bytes a shard may hold unwritten, over all its queues, before the
+/// flusher stops writing the log to write them itself: the indexer runs
+/// beside the log and must not fall behind it without bound. 64 MiB is
+/// four million records, seconds of appends at full speed.
+pub(crate) const PENDING_MAX_BYTES: u64 = 64 << 20;
 
 /// Where a record's batch is in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

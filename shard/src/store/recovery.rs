@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// Log bytes read per scan step: large sequential reads.
 const SCAN_READ_BYTES: usize = 1 << 20;
 /// Rebuilt index entries kept in memory during a scan before they are written.
-const SCAN_INDEX_FLUSH_BYTES: usize = 8 << 20;
+const SCAN_INDEX_FLUSH_BYTES: u64 = 8 << 20;
 /// CPU shares of catch-up reads against the default queue's 1000: they run
 /// freely when appends are idle and get a tenth when both compete.
 const CATCH_UP_SHARES: usize = 100;
@@ -289,6 +289,7 @@ fn initial_state<D: Disk>(
         index_cache: FifoCache::new(cfg.index_cache_blocks),
         index_files: FifoCache::new(cfg.index_open_files),
         index_full: Vec::new(),
+        index_pending_bytes: 0,
         meta_version: 0,
         segment_max_ts: ckpt.segment_max_ts.iter().copied().collect(),
         checkpoint_pos: ckpt.log_position,
@@ -397,13 +398,7 @@ async fn scan<D: Disk>(
                 );
                 last_report = pos;
             }
-            let pending: usize = state
-                .borrow()
-                .queues
-                .iter()
-                .map(|q| q.index_pending.len())
-                .sum();
-            if pending > SCAN_INDEX_FLUSH_BYTES {
+            if state.borrow().index_pending_bytes > SCAN_INDEX_FLUSH_BYTES {
                 flush_index(state, index, IndexFlush::EveryFullBlock).await?;
             }
         };
