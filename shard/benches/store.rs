@@ -529,7 +529,8 @@ async fn child_open_then_write(s: Settings) {
 }
 
 /// Runs this bench binary as a child; returns its JSON lines; kills it
-/// (SIGKILL) after `kill_after` if given.
+/// (SIGKILL) `kill_after` after its first line (the open, however long it
+/// took, is always reported), if given.
 fn run_child(s: &Settings, child: &str, kill_after: Option<Duration>) -> Vec<Value> {
     let exe = std::env::current_exe().expect("own path");
     let mut proc = Command::new(exe)
@@ -541,14 +542,20 @@ fn run_child(s: &Settings, child: &str, kill_after: Option<Duration>) -> Vec<Val
         .spawn()
         .expect("child starts");
     let stdout = proc.stdout.take().expect("piped");
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
-            .collect::<Vec<_>>()
+        let mut lines = Vec::new();
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                lines.push(v);
+                let _ = first_tx.send(());
+            }
+        }
+        lines
     });
     if let Some(after) = kill_after {
+        // A child that never reports (it failed) is killed after a while.
+        let _ = first_rx.recv_timeout(Duration::from_secs(120));
         std::thread::sleep(after);
         let _ = proc.kill();
     }
