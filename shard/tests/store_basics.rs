@@ -521,3 +521,30 @@ fn index_blocks_are_written_four_at_a_time_and_read_from_memory_before() {
         store.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_checkpoint_follows_log_growth_so_a_crash_scans_little() {
+    run(|| async {
+        let mut cfg = small_config("/data");
+        cfg.flush = FlushMode::Sync;
+        cfg.segment_bytes = 1 << 20;
+        // Time alone would never checkpoint in this test.
+        cfg.checkpoint_interval_ms = 3_600_000;
+        cfg.checkpoint_bytes = 64 * 1024;
+        let (disk, store, q) = fresh_store(cfg.clone()).await;
+        // About 400 KiB of log, in appends of about 4 KiB.
+        let expect = append_bodies(&store, q, 0..100, 4, 1000).await;
+        // The indexer takes its checkpoint beside the appends.
+        glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+        disk.crash(None);
+        drop(store);
+        let store = Store::open(disk.clone(), cfg).await.unwrap();
+        let scanned = store.recovery_report().scanned_bytes;
+        assert!(
+            scanned < 200 * 1024,
+            "recovery scanned {scanned} bytes of ~400 KiB: no checkpoint followed the growth"
+        );
+        let q = store.queue(&topic(), QueueId(0)).unwrap();
+        assert_eq!(read_bodies(&store, q).await, expect);
+    });
+}

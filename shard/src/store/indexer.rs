@@ -13,7 +13,7 @@
 use super::checkpoint::{self, Checkpoint, QueueCheckpoint};
 use super::disk::{Disk, BLOCK_BYTES};
 use super::flusher::poison;
-use super::queue_index::{IndexWriters, ENTRIES_PER_BLOCK, INDEX_ENTRY_BYTES};
+use super::queue_index::{IndexWriters, ENTRIES_PER_BLOCK, INDEX_ENTRY_BYTES, WRITE_BLOCKS};
 use super::{Inner, State, StoreError};
 use ringmq_core::FlushMode;
 use std::cell::RefCell;
@@ -24,6 +24,8 @@ pub(super) struct Indexer<D: Disk> {
     pub(super) inner: Weak<Inner<D>>,
     pub(super) wake: glommio::channels::local_channel::LocalReceiver<()>,
     last_checkpoint: Instant,
+    /// Log position when the last checkpoint started.
+    last_checkpoint_pos: u64,
     /// (written position, metadata version) the last checkpoint recorded.
     checkpointed: Option<(u64, u64)>,
 }
@@ -32,11 +34,13 @@ impl<D: Disk> Indexer<D> {
     pub(super) fn new(
         inner: Weak<Inner<D>>,
         wake: glommio::channels::local_channel::LocalReceiver<()>,
+        log_end: u64,
     ) -> Self {
         Self {
             inner,
             wake,
             last_checkpoint: Instant::now(),
+            last_checkpoint_pos: log_end,
             checkpointed: None,
         }
     }
@@ -74,7 +78,8 @@ impl<D: Disk> Indexer<D> {
             flush_index(&inner.state, &mut index, IndexFlush::FullBlocks).await?;
         }
         let interval = Duration::from_millis(inner.cfg.checkpoint_interval_ms);
-        if self.last_checkpoint.elapsed() >= interval {
+        let grown = inner.state.borrow().log.written_pos - self.last_checkpoint_pos;
+        if self.last_checkpoint.elapsed() >= interval || grown >= inner.cfg.checkpoint_bytes {
             self.periodic_checkpoint(inner).await?;
         }
         Ok(())
@@ -89,6 +94,7 @@ impl<D: Disk> Indexer<D> {
             (st.log.written_pos, st.meta_version)
         };
         self.last_checkpoint = Instant::now();
+        self.last_checkpoint_pos = now.0;
         if self.checkpointed == Some(now) {
             return Ok(());
         }
@@ -187,6 +193,11 @@ pub(super) async fn write_checkpoint<D: Disk>(
     Ok(true)
 }
 
+/// Spare capacity a queue's pending index buffer keeps after a write:
+/// what it gathers before the next one ([`WRITE_BLOCKS`] blocks) and a
+/// block more.
+const PENDING_KEEP_BYTES: usize = ((WRITE_BLOCKS + 1) * BLOCK_BYTES) as usize;
+
 /// Which index entries to write.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum IndexFlush {
@@ -246,6 +257,11 @@ pub(super) async fn flush_index<D: Disk>(
         let q = &mut st.queues[qnum as usize - 1];
         debug_assert_eq!(q.index_pending_from, from);
         q.index_pending.drain(..bytes.len());
+        // A queue that once fell far behind keeps no big buffer for ever.
+        let keep = q.index_pending.len() + PENDING_KEEP_BYTES;
+        if q.index_pending.capacity() > 2 * keep {
+            q.index_pending.shrink_to(keep);
+        }
         q.index_pending_from += bytes.len() as u64 / INDEX_ENTRY_BYTES;
         st.index_pending_bytes = st.index_pending_bytes.saturating_sub(bytes.len() as u64);
         debug_assert_eq!(

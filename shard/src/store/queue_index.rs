@@ -34,9 +34,10 @@ pub(crate) const ENTRIES_PER_BLOCK: u64 = BLOCK_BYTES / INDEX_ENTRY_BYTES;
 pub(crate) const WRITE_BLOCKS: u64 = 4;
 /// Index bytes a shard may hold unwritten, over all its queues, before the
 /// flusher stops writing the log to write them itself: the indexer runs
-/// beside the log and must not fall behind it without bound. 64 MiB is
-/// four million records, seconds of appends at full speed.
-pub(crate) const PENDING_MAX_BYTES: u64 = 64 << 20;
+/// beside the log and must not fall behind it without bound. 32 MiB is two
+/// million records, about a second of appends at full speed, and leaves
+/// room for 1,000 queues each gathering [`WRITE_BLOCKS`] blocks.
+pub(crate) const PENDING_MAX_BYTES: u64 = 32 << 20;
 
 /// Where a record's batch is in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

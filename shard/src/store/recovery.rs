@@ -166,7 +166,7 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
     });
     let flusher = Flusher::new(Rc::downgrade(&inner), rx, inner.cfg.writes_in_flight);
     *inner.flusher.borrow_mut() = Some(glommio::spawn_local(flusher.run()));
-    let indexer = Indexer::new(Rc::downgrade(&inner), index_rx);
+    let indexer = Indexer::new(Rc::downgrade(&inner), index_rx, scan.end_pos);
     *inner.indexer.borrow_mut() = Some(glommio::spawn_local(indexer.run()));
     let period = Duration::from_millis(
         inner
