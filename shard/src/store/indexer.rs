@@ -108,10 +108,14 @@ impl<D: Disk> Indexer<D> {
         Ok(())
     }
 
-    /// Waits until the log is durable up to `pos`, asking the flusher for
-    /// an fdatasync in `async` mode (in `sync` mode it already is).
+    /// Waits until the log is durable up to `pos` (in `sync` mode it
+    /// already is). In `async` mode the flusher's own fdatasync, due within
+    /// `flush_interval_ms`, usually covers it: each extra fdatasync stalls
+    /// the writes behind it. Only when that interval is longer than the
+    /// checkpoints' is the flusher asked for one.
     /// `false`: the store is closing, and the clean checkpoint will do.
     async fn wait_synced(&mut self, inner: &Rc<Inner<D>>, pos: u64) -> Result<bool, StoreError> {
+        let ask = inner.cfg.flush_interval_ms > inner.cfg.checkpoint_interval_ms;
         loop {
             {
                 let mut st = inner.state.borrow_mut();
@@ -125,9 +129,11 @@ impl<D: Disk> Indexer<D> {
                     return Ok(true);
                 }
                 debug_assert_eq!(inner.cfg.flush, FlushMode::Async);
-                st.log.sync_wanted_to = st.log.sync_wanted_to.max(pos);
+                if ask && st.log.sync_wanted_to < pos {
+                    st.log.sync_wanted_to = pos;
+                    let _ = inner.wake.try_send(());
+                }
             }
-            let _ = inner.wake.try_send(());
             if self.wake.recv().await.is_none() {
                 return Ok(false);
             }
