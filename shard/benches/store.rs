@@ -576,25 +576,68 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn scale(s: &Settings) -> Value {
+/// Bytes free for an unprivileged writer on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and
+    // statvfs only writes the struct we pass; zeroed is a valid statvfs.
+    #[allow(unsafe_code)]
+    let (rc, st) = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(path.as_ptr(), &mut st), st)
+    };
+    (rc == 0).then(|| st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The first JSON line of a scale child, which must be its `phase` report.
+fn child_report(lines: &[Value], phase: &str, what: &str) -> Result<Value, String> {
+    match lines.first() {
+        Some(v) if v["phase"] == phase => Ok(v.clone()),
+        _ => Err(format!(
+            "scale: the child {what} failed before reporting (its output is above)"
+        )),
+    }
+}
+
+fn scale(s: &Settings) -> Result<Value, String> {
     fresh_dir(&s.dir);
+    // 100 B records take ~135 B of log and 16 B of index each; the two
+    // reopened children append ~11 s more at up to 1 GiB/s; fio-like
+    // slack on top. A run that hits a full disk measures nothing.
+    let need = s.scale_records * 160 + (12 << 30);
+    if let Some(free) = free_bytes(&s.dir) {
+        if free < need {
+            return Err(format!(
+                "scale: needs about {} GiB free under {}, {} GiB available",
+                need >> 30,
+                s.dir.display(),
+                free >> 30
+            ));
+        }
+    }
     eprintln!(
         "scale: writing {} records over {} queues (child process)",
         s.scale_records, s.scale_queues
     );
-    let written = run_child(s, "write", None);
-    let bytes = dir_bytes(&s.dir);
-    eprintln!("scale: reopening after a clean shutdown, then appending until SIGKILL");
-    let clean = run_child(s, "open-then-write", Some(Duration::from_secs(8)));
-    eprintln!("scale: reopening after SIGKILL");
-    let crash = run_child(s, "open-then-write", Some(Duration::from_secs(3)));
+    let result = (|| {
+        let written = child_report(&run_child(s, "write", None), "written", "writing")?;
+        let bytes = dir_bytes(&s.dir);
+        eprintln!("scale: reopening after a clean shutdown, then appending until SIGKILL");
+        let clean = run_child(s, "open-then-write", Some(Duration::from_secs(8)));
+        let clean = child_report(&clean, "opened", "reopening after a clean shutdown")?;
+        eprintln!("scale: reopening after SIGKILL");
+        let crash = run_child(s, "open-then-write", Some(Duration::from_secs(3)));
+        let crash = child_report(&crash, "opened", "reopening after SIGKILL")?;
+        Ok(json!({
+            "written": written,
+            "data_bytes_on_disk": bytes,
+            "clean_restart": clean,
+            "sigkill_restart": crash,
+        }))
+    })();
     let _ = std::fs::remove_dir_all(&s.dir);
-    json!({
-        "written": written.first(),
-        "data_bytes_on_disk": bytes,
-        "clean_restart": clean.first(),
-        "sigkill_restart": crash.first(),
-    })
+    result
 }
 
 // ---- report ----------------------------------------------------------------
@@ -728,8 +771,8 @@ fn run_sync(s: &Settings, md: &mut String) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
-fn run_scale(s: &Settings, md: &mut String) -> Value {
-    let v = scale(s);
+fn run_scale(s: &Settings, md: &mut String) -> Result<Value, String> {
+    let v = scale(s)?;
     let g = |path: &[&str]| {
         path.iter()
             .fold(&v, |acc, k| &acc[*k])
@@ -754,7 +797,7 @@ fn run_scale(s: &Settings, md: &mut String) -> Value {
         g(&["sigkill_restart", "scanned_bytes"]) / (1u64 << 20) as f64,
         g(&["sigkill_restart", "rss_kib"]) / 1024.0,
     );
-    v
+    Ok(v)
 }
 
 fn main() -> ExitCode {
@@ -791,13 +834,14 @@ fn main() -> ExitCode {
         outcome = outcome
             .and_then(|()| run_sync(&s, &mut md).map(|v| drop(results.insert("sync".into(), v))));
     }
+    if wants("scale") {
+        outcome = outcome
+            .and_then(|()| run_scale(&s, &mut md).map(|v| drop(results.insert("scale".into(), v))));
+    }
     if let Err(e) = outcome {
+        // A partial report would read as a result: write none.
         eprintln!("store bench: {e}");
         return ExitCode::FAILURE;
-    }
-    if wants("scale") {
-        let v = run_scale(&s, &mut md);
-        results.insert("scale".into(), v);
     }
     let commit = support::git_commit();
     let machine = support::machine();
