@@ -275,6 +275,41 @@ fn real_disk_round_trip() {
     });
 }
 
+/// Descriptors this process holds open on files under `dir`.
+fn open_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd is readable")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .collect()
+}
+
+#[test]
+fn a_closed_store_holds_no_files_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let data = path.clone();
+    run(move || async move {
+        let mut cfg = small_config(data.to_str().unwrap());
+        cfg.flush = FlushMode::Async;
+        let store = Store::open(DmaDisk, cfg.clone()).await.unwrap();
+        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        // Across several segments, with index files and reads.
+        let expect = append_bodies(&store, q, 0..200, 3, 150).await;
+        assert_eq!(read_bodies(&store, q).await, expect);
+        assert!(!open_files_under(&data).is_empty());
+        store.close().await.unwrap();
+        // Still on the executor, the store handle still alive.
+        assert_eq!(open_files_under(&data), Vec::<std::path::PathBuf>::new());
+        assert!(matches!(
+            store.fetch(q, 0, 1 << 20).await,
+            Err(StoreError::Closed)
+        ));
+    });
+    // And after the executor stopped: nothing was left for a next I/O cycle.
+    assert_eq!(open_files_under(&path), Vec::<std::path::PathBuf>::new());
+}
+
 #[test]
 fn catch_up_reads_do_not_evict_the_tail() {
     run(|| async {

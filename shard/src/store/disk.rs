@@ -106,6 +106,28 @@ pub trait DiskFile: 'static {
     async fn size(&self) -> Result<u64, DiskError>;
     /// The file's path, for messages.
     fn path(&self) -> &Path;
+    /// Closes the file now. A file merely dropped may keep its descriptor
+    /// (and a deleted file its blocks) until its runtime's next I/O cycle,
+    /// which never comes once the runtime has stopped.
+    async fn close(self) -> Result<(), DiskError>
+    where
+        Self: Sized,
+    {
+        Ok(())
+    }
+}
+
+/// Closes each file that nobody else holds; the rest close when their
+/// last holder (a read in flight) drops them.
+pub(crate) async fn close_files<F: DiskFile>(files: Vec<Rc<F>>) {
+    for file in files {
+        if let Ok(file) = Rc::try_unwrap(file) {
+            let path = file.path().to_owned();
+            if let Err(e) = file.close().await {
+                tracing::warn!(path = %path.display(), error = %e, "closing a file failed");
+            }
+        }
+    }
 }
 
 /// The real disk: glommio `DmaFile`s (O_DIRECT through io_uring) on the
@@ -280,6 +302,14 @@ impl DiskFile for DmaDiskFile {
 
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    async fn close(self) -> Result<(), DiskError> {
+        let path = self.path;
+        self.file
+            .close()
+            .await
+            .map_err(|e| glommio_err("close", &path, e))
     }
 }
 

@@ -342,6 +342,8 @@ struct QueueState {
 struct State<F> {
     poisoned: Option<String>,
     closing: bool,
+    /// The store closed and gave up its files.
+    released: bool,
     queues: Vec<QueueState>,
     by_name: HashMap<(TopicName, QueueId), QueueNum>,
     log: LogState<F>,
@@ -713,6 +715,9 @@ impl<D: Disk> Store<D> {
     ) -> Result<Fetched, StoreError> {
         let (min_offset, visible) = {
             let st = self.inner.state.borrow();
+            if st.released {
+                return Err(StoreError::Closed);
+            }
             let qs = st.queue(q)?;
             (qs.min_offset, qs.visible_next)
         };
@@ -822,10 +827,30 @@ impl<D: Disk> Store<D> {
             task.await;
         }
         self.inner.pending_room.close();
+        self.release_files().await;
         match self.inner.state.borrow().poisoned.clone() {
             Some(cause) => Err(StoreError::Poisoned(cause)),
             None => Ok(()),
         }
+    }
+
+    /// Closes every file the store holds, once nothing writes any more: a
+    /// closed store keeps no descriptors, and the blocks of files deleted
+    /// since (a test or bench removing the folder) are freed at once, not
+    /// when the process exits. Fetches after this fail with `Closed`.
+    async fn release_files(&self) {
+        let mut files = {
+            let mut st = self.inner.state.borrow_mut();
+            st.released = true;
+            let mut files: Vec<Rc<D::File>> =
+                std::mem::take(&mut st.log.segments).into_values().collect();
+            files.extend(st.log.next_segment.take().map(|(_, f)| f));
+            files.extend(st.index_files.drain());
+            files
+        };
+        files.extend(self.inner.index.lock().await.release_files());
+        files.extend(self.inner.queue_table.lock().await.release_file());
+        disk::close_files(files).await;
     }
 
     /// Whether the segment after the active one is prepared (a roll now

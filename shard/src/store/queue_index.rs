@@ -149,6 +149,16 @@ impl<D: Disk> IndexWriters<D> {
         }
     }
 
+    /// Gives up every open index file (to close them); later writes
+    /// reopen files as needed.
+    pub(crate) fn release_files(&mut self) -> Vec<Rc<D::File>> {
+        self.unsynced.clear();
+        self.writers
+            .drain()
+            .map(|(_, (_, w))| w.file().clone())
+            .collect()
+    }
+
     /// fdatasyncs every index file written since the last call.
     pub(crate) async fn sync(&mut self) -> Result<(), StoreError> {
         // A file is synced when its writer leaves it, so every unsynced file
@@ -195,6 +205,12 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> FifoCache<K, V> {
                 self.entries.remove(&old);
             }
         }
+    }
+
+    /// Removes every entry.
+    pub(crate) fn drain(&mut self) -> Vec<V> {
+        self.order.clear();
+        self.entries.drain().map(|(_, v)| v).collect()
     }
 
     /// Removes every entry whose key matches.

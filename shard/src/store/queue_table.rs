@@ -95,7 +95,8 @@ impl QueueRow {
 /// The open table, appended to as queues are created.
 #[derive(Debug)]
 pub(crate) struct QueueTable<F> {
-    writer: AlignedWriter<F>,
+    /// `None` once the store closed.
+    writer: Option<AlignedWriter<F>>,
     path: PathBuf,
 }
 
@@ -113,7 +114,13 @@ impl<F: DiskFile> QueueTable<F> {
             reason,
         })?;
         let writer = AlignedWriter::open(Rc::new(file), (rows.len() * RECORD_BYTES) as u64).await?;
-        Ok((rows, Self { writer, path }))
+        Ok((
+            rows,
+            Self {
+                writer: Some(writer),
+                path,
+            },
+        ))
     }
 
     /// Appends `rows` (numbered on from the last) and makes them durable.
@@ -122,9 +129,15 @@ impl<F: DiskFile> QueueTable<F> {
         for row in rows {
             row.encode(&mut buf)?;
         }
-        self.writer.append(&buf).await?;
-        self.writer.file().sync().await?;
+        let writer = self.writer.as_mut().ok_or(StoreError::Closed)?;
+        writer.append(&buf).await?;
+        writer.file().sync().await?;
         Ok(())
+    }
+
+    /// Gives up the file (to close it); later appends fail with `Closed`.
+    pub(crate) fn release_file(&mut self) -> Option<Rc<F>> {
+        self.writer.take().map(|w| w.file().clone())
     }
 
     /// The table's file, for messages.

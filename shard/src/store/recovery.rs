@@ -280,6 +280,7 @@ fn initial_state<D: Disk>(
     Ok(State {
         poisoned: None,
         closing: false,
+        released: false,
         queues,
         by_name,
         log: LogState::new(cfg.segment_bytes, 0, 0),
