@@ -591,9 +591,9 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 /// The first JSON line of a scale child, which must be its `phase` report.
-fn child_report(lines: &[Value], phase: &str, what: &str) -> Result<Value, String> {
-    match lines.first() {
-        Some(v) if v["phase"] == phase => Ok(v.clone()),
+fn child_report(lines: Vec<Value>, phase: &str, what: &str) -> Result<Value, String> {
+    match lines.into_iter().next() {
+        Some(v) if v["phase"] == phase => Ok(v),
         _ => Err(format!(
             "scale: the child {what} failed before reporting (its output is above)"
         )),
@@ -603,9 +603,9 @@ fn child_report(lines: &[Value], phase: &str, what: &str) -> Result<Value, Strin
 fn scale(s: &Settings) -> Result<Value, String> {
     fresh_dir(&s.dir);
     // 100 B records take ~135 B of log and 16 B of index each; the two
-    // reopened children append ~11 s more at up to 1 GiB/s; fio-like
-    // slack on top. A run that hits a full disk measures nothing.
-    let need = s.scale_records * 160 + (12 << 30);
+    // reopened children append ~11 s more at up to 1 GiB/s, plus 1 GiB of
+    // slack. A run that hits a full disk measures nothing.
+    let need = s.scale_records.saturating_mul(160).saturating_add(12 << 30);
     if let Some(free) = free_bytes(&s.dir) {
         if free < need {
             return Err(format!(
@@ -620,24 +620,28 @@ fn scale(s: &Settings) -> Result<Value, String> {
         "scale: writing {} records over {} queues (child process)",
         s.scale_records, s.scale_queues
     );
-    let result = (|| {
-        let written = child_report(&run_child(s, "write", None), "written", "writing")?;
-        let bytes = dir_bytes(&s.dir);
-        eprintln!("scale: reopening after a clean shutdown, then appending until SIGKILL");
-        let clean = run_child(s, "open-then-write", Some(Duration::from_secs(8)));
-        let clean = child_report(&clean, "opened", "reopening after a clean shutdown")?;
-        eprintln!("scale: reopening after SIGKILL");
-        let crash = run_child(s, "open-then-write", Some(Duration::from_secs(3)));
-        let crash = child_report(&crash, "opened", "reopening after SIGKILL")?;
-        Ok(json!({
-            "written": written,
-            "data_bytes_on_disk": bytes,
-            "clean_restart": clean,
-            "sigkill_restart": crash,
-        }))
-    })();
+    let result = scale_children(s);
     let _ = std::fs::remove_dir_all(&s.dir);
     result
+}
+
+/// The scale case's three children: write, reopen after a clean shutdown,
+/// reopen after SIGKILL.
+fn scale_children(s: &Settings) -> Result<Value, String> {
+    let written = child_report(run_child(s, "write", None), "written", "writing")?;
+    let bytes = dir_bytes(&s.dir);
+    eprintln!("scale: reopening after a clean shutdown, then appending until SIGKILL");
+    let clean = run_child(s, "open-then-write", Some(Duration::from_secs(8)));
+    let clean = child_report(clean, "opened", "reopening after a clean shutdown")?;
+    eprintln!("scale: reopening after SIGKILL");
+    let crash = run_child(s, "open-then-write", Some(Duration::from_secs(3)));
+    let crash = child_report(crash, "opened", "reopening after SIGKILL")?;
+    Ok(json!({
+        "written": written,
+        "data_bytes_on_disk": bytes,
+        "clean_restart": clean,
+        "sigkill_restart": crash,
+    }))
 }
 
 // ---- report ----------------------------------------------------------------

@@ -149,8 +149,9 @@ impl<D: Disk> IndexWriters<D> {
         }
     }
 
-    /// Gives up every open index file (to close them); later writes
-    /// reopen files as needed.
+    /// Gives up every open index file, for the store's close. What was
+    /// not synced stays unsynced: a clean close synced everything first,
+    /// and after a failed one recovery rebuilds entries from the log.
     pub(crate) fn release_files(&mut self) -> Vec<Rc<D::File>> {
         self.unsynced.clear();
         self.writers
