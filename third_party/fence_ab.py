@@ -9,7 +9,9 @@ alternating order. Writes glommio-fence-<utc>-<commit>.{json,md} into OUT.
 
 RATES (comma-separated msg/s, 0 = as fast as possible; default
 50000,200000,564000), SIZE (message bytes, default 100), DUR and WARM
-(seconds) come from the environment."""
+(seconds) come from the environment. For another pair of builds, A_LABEL
+and B_LABEL name them (default upstream, patched), PREFIX names the files
+(default glommio-fence) and TITLE heads the Markdown."""
 import json, os, platform, re, statistics, subprocess, sys, time
 
 FIGURES = ("sent", "p50", "p99", "p999", "broker_cpu_us", "proc_cpu_s")
@@ -39,11 +41,14 @@ def render(meta, rows):
     def f(d, digits=2):
         return f"{d['median']:.{digits}f} ({d['min']:.{digits}f}-{d['max']:.{digits}f})"
 
+    labels = meta.get("labels", ["upstream", "patched"])
+    about = meta.get("about", "Same loadgen and broker code built twice, once on crates.io glommio "
+                              "0.9.0 and once on third_party/glommio")
     summary, md = {}, [
-        f"# glommio sleep barrier: membarrier (upstream) vs fences (patched), {meta['when']}", "",
+        f"# {meta.get('title', 'glommio sleep barrier: membarrier (upstream) vs fences (patched)')}, "
+        f"{meta['when']}", "",
         f"Commit `{meta['commit']}`; {meta['cpu']} ({meta['cores']} cores), kernel {meta['kernel']}. "
-        f"Same loadgen and broker code built twice, once on crates.io glommio 0.9.0 and once on "
-        f"third_party/glommio; {meta['rounds']} rounds, each rate run by both builds back to back "
+        f"{about}; {meta['rounds']} rounds, each rate run by both builds back to back "
         f"(order alternating), {meta['duration_s']} s measured after {meta['warmup_s']} s warm-up. "
         f"Workload: {meta['workload']}. Rate 0 is as fast as possible. Median (min-max) over rounds."
         + (f" {meta['note']}" if meta.get("note") else ""), "",
@@ -51,21 +56,21 @@ def render(meta, rows):
         "| broker CPU µs/msg | process CPU s (broker + loadgen) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for rate in meta["rates"]:
-        for build in ("upstream", "patched"):
+        for build in labels:
             rs = [x for x in rows if x["rate"] == rate and x["build"] == build]
             s = {k: mmm([x[k] for x in rs]) for k in FIGURES}
             summary[f"{rate}/{build}"] = s
             md.append(f"| {rate} | {build} | {f(s['sent'], 0)} | {f(s['p50'])} | {f(s['p99'])} "
                       f"| {f(s['p999'])} | {f(s['broker_cpu_us'])} | {f(s['proc_cpu_s'])} |")
-    md += ["", "Reproduce: build the workspace twice (with and without the `[patch.crates-io]` "
-           "glommio line in Cargo.toml), then `python3 third_party/fence_ab.py UPSTREAM_LOADGEN "
-           "PATCHED_LOADGEN ROUNDS bench-results`."]
+    md += ["", meta.get("reproduce", "Reproduce: build the workspace twice (with and without the "
+           "`[patch.crates-io]` glommio line in Cargo.toml), then `python3 third_party/fence_ab.py "
+           "UPSTREAM_LOADGEN PATCHED_LOADGEN ROUNDS bench-results`.")]
     return summary, "\n".join(md) + "\n"
 
 
 def write(out, meta, rows):
     summary, md = render(meta, rows)
-    base = os.path.join(out, f"glommio-fence-{meta['when']}-{meta['commit']}")
+    base = os.path.join(out, f"{meta.get('prefix', 'glommio-fence')}-{meta['when']}-{meta['commit']}")
     with open(base + ".json", "w") as fh:
         json.dump(dict(meta=meta, summary=summary, runs=rows), fh, indent=1)
     with open(base + ".md", "w") as fh:
@@ -85,11 +90,12 @@ def main():
     rates = [int(r) for r in os.environ.get("RATES", "50000,200000,564000").split(",")]
     dur, warm = int(os.environ.get("DUR", "8")), int(os.environ.get("WARM", "2"))
     size = int(os.environ.get("SIZE", "100"))
-    bins = {"upstream": up, "patched": patched}
+    labels = [os.environ.get("A_LABEL", "upstream"), os.environ.get("B_LABEL", "patched")]
+    bins = dict(zip(labels, (up, patched)))
     rows = []
     for r in range(rounds):
         for rate in rates:
-            order = ["upstream", "patched"] if r % 2 == 0 else ["patched", "upstream"]
+            order = labels if r % 2 == 0 else labels[::-1]
             for build in order:
                 row = dict(round=r, rate=rate, build=build, **run_one(bins[build], rate, size, dur, warm))
                 rows.append(row)
@@ -101,9 +107,12 @@ def main():
     meta = dict(when=time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime()), commit=commit, cpu=cpu,
                 cores=os.cpu_count(), kernel=platform.release(), rounds=rounds, rates=rates,
                 duration_s=dur, warmup_s=warm,
-                size=size,
+                size=size, labels=labels,
                 workload=f"ringmq-loadgen run --shards 2 --queues 8 --size {size} --rate R (embedded "
                          "broker, async flush, 1 producer, 1 group of 1 consumer, pace 500 µs)")
+    for key in ("title", "prefix", "about", "reproduce"):
+        if os.environ.get(key.upper()):
+            meta[key] = os.environ[key.upper()]
     write(out, meta, rows)
 
 

@@ -8,12 +8,12 @@
 
 use crate::conn::Conn;
 use crate::error::ClientError;
+use ahash::AHashMap;
 use bytes::Bytes;
 use ringmq_core::messages::*;
 use ringmq_core::route::TopicRoute;
 use ringmq_core::{Call, GroupName, QueueId, Request, Response, ShardId, TopicName};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -85,7 +85,7 @@ struct CachedRoute {
     readable: Rc<Vec<QueueRef>>,
     /// Each queue's shard address, resolved once per route (a host name
     /// would otherwise be looked up, blocking, on every request).
-    addrs: HashMap<(Rc<str>, QueueId), SocketAddr>,
+    addrs: AHashMap<(Rc<str>, QueueId), SocketAddr>,
 }
 
 /// A route fetch in progress, shared by every caller that needs it.
@@ -95,11 +95,12 @@ type RouteFetch = futures::future::Shared<
 
 pub(crate) struct Inner {
     pub(crate) cfg: ClientConfig,
-    conns: RefCell<HashMap<SocketAddr, Rc<Conn>>>,
-    routes: RefCell<HashMap<TopicName, CachedRoute>>,
+    conns: RefCell<AHashMap<SocketAddr, Rc<Conn>>>,
+    /// Looked up for every message sent (aHash: see the producer's maps).
+    routes: RefCell<AHashMap<TopicName, CachedRoute>>,
     /// One route fetch per topic at a time: a burst of sends to a topic
     /// whose route expired asks the name server once.
-    fetching: RefCell<HashMap<TopicName, RouteFetch>>,
+    fetching: RefCell<AHashMap<TopicName, RouteFetch>>,
 }
 
 impl Inner {
@@ -164,9 +165,9 @@ impl Client {
         Ok(Self {
             inner: Rc::new(Inner {
                 cfg,
-                conns: RefCell::new(HashMap::new()),
-                routes: RefCell::new(HashMap::new()),
-                fetching: RefCell::new(HashMap::new()),
+                conns: RefCell::new(AHashMap::new()),
+                routes: RefCell::new(AHashMap::new()),
+                fetching: RefCell::new(AHashMap::new()),
             }),
         })
     }
@@ -305,8 +306,8 @@ impl Client {
             qs.sort();
             Rc::new(qs)
         };
-        let mut resolved: HashMap<&str, Option<SocketAddr>> = HashMap::new();
-        let mut addrs = HashMap::new();
+        let mut resolved: AHashMap<&str, Option<SocketAddr>> = AHashMap::new();
+        let mut addrs = AHashMap::new();
         for q in &route.queues {
             let Some(shard_addr) = shard_addr_in(&route, &q.broker_name, q.shard_id) else {
                 continue;

@@ -164,6 +164,9 @@ pub(crate) struct Pacer {
     window: u64,
     pace_us: u64,
     last_wake_us: Cell<u64>,
+    /// The last clock reading: a message due by then is due now, with no
+    /// clock read of its own (one per wake-up instead of one per message).
+    seen_now_us: Cell<u64>,
 }
 
 impl Pacer {
@@ -174,6 +177,7 @@ impl Pacer {
             window: w.window as u64,
             pace_us: w.pace_us,
             last_wake_us: Cell::new(0),
+            seen_now_us: Cell::new(0),
         }
     }
 
@@ -181,10 +185,14 @@ impl Pacer {
     pub(crate) async fn due(&self, seq: u64, rec: &RefCell<Recorder>, ctl: &Producing) -> u64 {
         if self.interval_ns > 0 {
             let at = self.start_us + seq * self.interval_ns / 1000;
+            if at <= self.seen_now_us.get() {
+                return at;
+            }
             let (now, epoch) = {
                 let r = rec.borrow();
                 (r.now_us(), r.epoch)
             };
+            self.seen_now_us.set(now);
             if at > now {
                 let wake = at.max(self.last_wake_us.get() + self.pace_us);
                 crate::hrtimer::sleep_until(epoch + Duration::from_micros(wake)).await;
@@ -261,8 +269,8 @@ async fn produce(
         let on_done =
             move |outcome: Result<ringmq_client::SendResult, ringmq_client::ClientError>| {
                 match outcome {
-                    Ok(_) => {
-                        rec2.borrow_mut().on_ack(stamp, size);
+                    Ok(sent) => {
+                        rec2.borrow_mut().on_ack_at(stamp, size, sent.acked_at);
                         if let Some(log) = acks2 {
                             let _ = writeln!(log.borrow_mut(), "{id} {seq}");
                         }

@@ -131,10 +131,20 @@ impl Recorder {
     }
 
     pub fn on_ack(&mut self, stamp: Stamp, size: usize) {
-        let lat = self
-            .now_us()
-            .saturating_sub(stamp.sent_us)
-            .clamp(1, MAX_LATENCY_US);
+        let now_us = self.now_us();
+        self.on_ack_at_us(stamp, size, now_us);
+    }
+
+    /// [`Recorder::on_ack`] with the acknowledgement's time already read:
+    /// the client reads the clock once per acknowledged batch, not once
+    /// per message.
+    pub fn on_ack_at(&mut self, stamp: Stamp, size: usize, acked_at: std::time::Instant) {
+        let at_us = acked_at.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.on_ack_at_us(stamp, size, at_us);
+    }
+
+    fn on_ack_at_us(&mut self, stamp: Stamp, size: usize, at_us: u64) {
+        let lat = at_us.saturating_sub(stamp.sent_us).clamp(1, MAX_LATENCY_US);
         self.acked += 1;
         if let Some(v) = self.verify.as_mut() {
             set_bit(v.acked.entry(stamp.producer).or_default(), stamp.seq);
@@ -342,6 +352,7 @@ impl Percentiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn stamps_round_trip_and_foreign_bytes_are_not_stamps() {
@@ -402,6 +413,28 @@ mod tests {
         assert_eq!(producers.e2e.len(), 9);
         let v = producers.verify.as_ref().unwrap();
         assert_eq!((v.duplicates, v.lost()), (1, 2));
+    }
+
+    #[test]
+    fn an_ack_time_given_by_the_client_is_the_one_recorded() {
+        let epoch = Instant::now();
+        let mut r = Recorder::with_epoch(false, epoch);
+        r.measuring = true;
+        let st = |sent_us| Stamp {
+            producer: 0,
+            seq: 0,
+            sent_us,
+        };
+        // Acknowledged 2.5 ms after the epoch: 2 ms after a send intended
+        // at 0.5 ms, whenever this test reads its own clock.
+        let acked_at = epoch + Duration::from_micros(2_500);
+        r.on_ack_at(st(500), 100, acked_at);
+        // An acknowledgement time before the intended send time (a clock
+        // read before a late-scheduled stamp) counts as the minimum.
+        r.on_ack_at(st(3_000), 100, acked_at);
+        assert_eq!(r.publish.len(), 2);
+        assert_eq!(r.publish.max(), r.publish.highest_equivalent(2_000));
+        assert_eq!(r.publish.min(), 1);
     }
 
     #[test]
