@@ -212,6 +212,13 @@ impl Spread {
         }
         i
     }
+
+    /// The queue being filled now, unless it is the one to avoid (a
+    /// queue that left the route fails its send, which retries with it as
+    /// `avoid`).
+    fn sticky_unless(&self, avoid: Option<&QueueRef>) -> Option<QueueRef> {
+        self.sticky.clone().filter(|q| avoid != Some(q))
+    }
 }
 
 #[derive(Debug)]
@@ -268,8 +275,7 @@ impl Producer {
             // when the batch opened (a batch leaves within a pass of the
             // event loop or a linger), so no route lookup and clock read
             // per message.
-            let sticky = self.with_spread(topic, |s| s.sticky.clone().filter(|q| avoid != Some(q)));
-            if let Some(q) = sticky {
+            if let Some(q) = self.with_spread(topic, |s| s.sticky_unless(avoid)) {
                 return Ok(q);
             }
         }
@@ -283,14 +289,13 @@ impl Producer {
             QueueSelector::RoundRobin => self.with_spread(topic, |s| s.next_index(&qs, avoid)),
             QueueSelector::Sticky => {
                 return Ok(self.with_spread(topic, |s| {
-                    // A queue that left the route fails its send, which
-                    // retries with it as `avoid`.
-                    if let Some(q) = s.sticky.as_ref().filter(|q| avoid != Some(*q)) {
-                        return q.clone();
-                    }
-                    let q = qs[s.next_index(&qs, avoid) % qs.len()].clone();
-                    s.sticky = Some(q.clone());
-                    q
+                    // Another send may have picked one while this one
+                    // waited for the route: join its batch.
+                    s.sticky_unless(avoid).unwrap_or_else(|| {
+                        let q = qs[s.next_index(&qs, avoid) % qs.len()].clone();
+                        s.sticky = Some(q.clone());
+                        q
+                    })
                 }));
             }
             QueueSelector::KeyHash => key_hash(&msg.key),
