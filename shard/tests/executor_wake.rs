@@ -23,6 +23,17 @@ use std::time::{Duration, Instant};
 
 const ROUND_TRIPS: u64 = 20_000;
 
+/// Counts its executor as finished however its future ends, a panic
+/// included, so the watchdog stops waiting and `join` reports the panic
+/// instead of a stall that did not happen.
+struct Finished(Arc<AtomicU64>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn executors_never_sleep_through_a_message() {
     let mesh = MeshBuilder::<u64, _>::full(2, 1);
@@ -36,6 +47,7 @@ fn executors_never_sleep_through_a_message() {
         let handle = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("wake-{side}"))
             .spawn(move || async move {
+                let _finished = Finished(finished);
                 let (senders, mut receivers) = mesh.join().await.expect("join the mesh");
                 let me = senders.peer_id();
                 let peer = 1 - me;
@@ -63,7 +75,6 @@ fn executors_never_sleep_through_a_message() {
                     }
                     senders.send_to(peer, n + 1).await.expect("pong");
                 }
-                finished.fetch_add(1, Ordering::Relaxed);
             })
             .expect("spawn executor");
         handles.push(handle);

@@ -229,15 +229,3 @@ pub(crate) fn light() {
 pub(crate) fn heavy() {
     atomic::fence(atomic::Ordering::SeqCst);
 }
-
-/// The upstream barrier, kept for reference and for a future opt-in.
-#[inline]
-#[allow(dead_code)]
-pub(crate) fn heavy_process_wide() {
-    use self::Strategy::*;
-    match *STRATEGY {
-        Membarrier => syscall::barrier(),
-        Mprotect => mprotect::barrier(),
-        Fallback => atomic::fence(atomic::Ordering::SeqCst),
-    }
-}
