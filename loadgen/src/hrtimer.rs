@@ -160,7 +160,11 @@ mod tests {
     fn sleeps_end_in_order_and_not_before_their_deadline() {
         let mut rt = ringmq_client::runtime().expect("runtime");
         rt.block_on(async {
-            let start = Instant::now();
+            // Deadlines 50 ms out: every task is polled (and its deadline
+            // queued) before the first one falls due, even when this
+            // thread is descheduled for a while; otherwise a late first
+            // poll finds its deadline passed and finishes out of order.
+            let start = Instant::now() + Duration::from_millis(50);
             let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
             let mut tasks = Vec::new();
             for (i, us) in [900u64, 300, 600].into_iter().enumerate() {
