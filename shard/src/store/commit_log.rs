@@ -24,9 +24,8 @@
 //! prefix belongs mean "no more entries in this segment". Segment files are
 //! named by their first log position, `<position:020>.log`.
 
-use super::disk::{Disk, DiskFile};
+use super::disk::{align_up, Disk, DiskFile, BLOCK_BYTES};
 use super::{SegmentPrepare, StoreConfig, StoreError};
-use bytes::BytesMut;
 use futures::channel::oneshot;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
@@ -95,8 +94,10 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     (digits.len() == 20).then(|| digits.parse().ok()).flatten()
 }
 
-/// Initial capacity of a pending chunk: a few MiB is a full round at speed.
-const CHUNK_CAPACITY_BYTES: usize = 4 << 20;
+/// Bounds on a new chunk's capacity, which follows the size of the last
+/// flush round: a few MiB is a full round at speed.
+const CHUNK_MIN_BYTES: usize = 64 << 10;
+const CHUNK_MAX_BYTES: usize = 4 << 20;
 
 /// Zero-fill writes this much at a time: large sequential writes.
 const ZERO_FILL_WRITE_BYTES: usize = 1 << 20;
@@ -184,12 +185,49 @@ pub(crate) async fn create_segment<D: Disk>(
     Ok(file)
 }
 
-/// Bytes placed but not yet handed to the disk, all in one segment.
+/// Bytes placed but not yet handed to the disk, all in one segment, laid
+/// out as they will be written, so the write needs no copy: `buf[start..]`
+/// begins at a block-aligned address with the block holding `pos` (its
+/// `lead` bytes before `pos` are filled in by the flusher, which has them),
+/// and the buffer has room to zero-pad the last block.
 #[derive(Debug)]
 pub(crate) struct Chunk {
     pub(crate) seg_start: u64,
     pub(crate) pos: u64,
-    pub(crate) data: BytesMut,
+    /// Index in `buf` of the first block (the gap aligns its address).
+    pub(crate) start: usize,
+    /// Offset of `pos` in its block.
+    pub(crate) lead: usize,
+    pub(crate) buf: Vec<u8>,
+}
+
+impl Chunk {
+    /// An empty chunk at `pos` with room for `capacity` bytes of entries.
+    fn new(seg_start: u64, pos: u64, capacity: usize) -> Self {
+        let block = BLOCK_BYTES as usize;
+        let lead = ((pos - seg_start) % BLOCK_BYTES) as usize;
+        let mut buf = Vec::with_capacity(block - 1 + align_up((lead + capacity) as u64) as usize);
+        let start = (block - buf.as_ptr() as usize % block) % block;
+        buf.resize(start + lead, 0);
+        Self {
+            seg_start,
+            pos,
+            start,
+            lead,
+            buf,
+        }
+    }
+
+    /// Bytes of entries placed.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len() - self.start - self.lead
+    }
+
+    /// Whether `len` more bytes fit, with the padding of the last block.
+    fn has_room(&self, len: usize) -> bool {
+        let used = (self.buf.len() - self.start + len) as u64;
+        self.start + align_up(used) as usize <= self.buf.capacity()
+    }
 }
 
 /// An append waiting for its bytes to be acknowledged.
@@ -213,6 +251,8 @@ pub(crate) struct LogState<F> {
     /// Where the next entry goes.
     pub(crate) end_pos: u64,
     pub(crate) pending: VecDeque<Chunk>,
+    /// Capacity of the next chunk: half again the last flush round.
+    chunk_bytes: usize,
     /// Everything before this is written.
     pub(crate) written_pos: u64,
     /// Everything before this is durable (fdatasynced).
@@ -236,6 +276,7 @@ impl<F: DiskFile> LogState<F> {
             active_start,
             end_pos,
             pending: VecDeque::new(),
+            chunk_bytes: CHUNK_MIN_BYTES,
             written_pos: end_pos,
             synced_pos: end_pos,
             acked_pos: end_pos,
@@ -258,24 +299,34 @@ impl<F: DiskFile> LogState<F> {
     }
 
     /// The buffer to append `len` bytes into at `end_pos`, and that position.
-    pub(crate) fn reserve(&mut self, len: usize) -> (&mut BytesMut, u64) {
+    pub(crate) fn reserve(&mut self, len: usize) -> (&mut Vec<u8>, u64) {
         let pos = self.end_pos;
-        let continues = self.pending.back().is_some_and(|c| {
-            c.seg_start == self.active_start && c.pos + c.data.len() as u64 == pos
-        });
-        if !continues {
-            self.pending.push_back(Chunk {
-                seg_start: self.active_start,
-                pos,
-                // Sized for a full flush round so the chunk does not grow by
-                // reallocation (a copy each time); untouched pages cost nothing.
-                data: BytesMut::with_capacity(len.max(CHUNK_CAPACITY_BYTES)),
-            });
+        let back = self.pending.back();
+        let contiguous =
+            back.is_some_and(|c| c.seg_start == self.active_start && c.pos + c.len() as u64 == pos);
+        if !(contiguous && back.is_some_and(|c| c.has_room(len))) {
+            if contiguous {
+                // The round outgrew its chunk: the next chunk is larger.
+                self.chunk_bytes = (2 * self.chunk_bytes).min(CHUNK_MAX_BYTES);
+            }
+            let capacity = len.max(self.chunk_bytes);
+            self.pending
+                .push_back(Chunk::new(self.active_start, pos, capacity));
         }
         self.end_pos += len as u64;
-        let chunk = self.pending.back_mut().map(|c| &mut c.data);
-        // A chunk was pushed just above if none continued.
+        let chunk = self.pending.back_mut().map(|c| &mut c.buf);
+        // A chunk was pushed just above if none had room.
         (chunk.unwrap_or_else(|| unreachable!()), pos)
+    }
+
+    /// Takes every pending chunk for the flusher, and sizes the next chunk
+    /// after this round.
+    pub(crate) fn take_pending(&mut self) -> Vec<Chunk> {
+        let round: usize = self.pending.iter().map(Chunk::len).sum();
+        if round > 0 {
+            self.chunk_bytes = (round + round / 2).clamp(CHUNK_MIN_BYTES, CHUNK_MAX_BYTES);
+        }
+        self.pending.drain(..).collect()
     }
 
     /// The segment file holding `pos`.
@@ -291,6 +342,41 @@ impl<F: DiskFile> LogState<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks start at a block-aligned address, so the flusher writes
+    /// them as they are; a round that outgrows its chunk continues in a
+    /// larger one, and the next round's chunk is sized after this round.
+    #[test]
+    fn chunks_are_aligned_and_follow_the_round() {
+        let mut log = LogState::<crate::store::disk::MemDiskFile>::new(1 << 30, 0, 100);
+        let (buf, pos) = log.reserve(1000);
+        buf.extend_from_slice(&[7; 1000]);
+        assert_eq!(pos, 100);
+        let first = log.pending.back().unwrap();
+        assert_eq!(first.lead, 100);
+        assert_eq!(
+            (first.buf.as_ptr() as usize + first.start) % BLOCK_BYTES as usize,
+            0
+        );
+        let mut placed = 1000;
+        while log.pending.len() == 1 {
+            let (buf, _) = log.reserve(1000);
+            buf.extend_from_slice(&[8; 1000]);
+            placed += 1000;
+        }
+        let chunks = log.take_pending();
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[1].pos, chunks[0].pos + chunks[0].len() as u64);
+        assert_eq!(chunks[1].lead as u64, chunks[1].pos % BLOCK_BYTES);
+        assert!(chunks[1].buf.capacity() >= 2 * CHUNK_MIN_BYTES);
+        assert_eq!(chunks.iter().map(Chunk::len).sum::<usize>(), placed);
+        assert_eq!(log.chunk_bytes, placed + placed / 2);
+        // Freezing keeps the buffer where it is: no copy before the write.
+        let c = chunks.into_iter().next().unwrap();
+        let addr = c.buf.as_ptr() as usize + c.start;
+        let frozen = bytes::Bytes::from(c.buf);
+        assert_eq!(frozen.slice(c.start..).as_ptr() as usize, addr);
+    }
 
     #[test]
     fn segment_names_round_trip() {

@@ -95,6 +95,12 @@ pub trait DiskFile: 'static {
     /// `pos` (`pos` and `len` multiples of [`BLOCK_BYTES`]): one copy into
     /// the device buffer, no staging buffer.
     async fn write_parts_at(&self, pos: u64, parts: &[&[u8]], len: usize) -> Result<(), DiskError>;
+    /// Writes `data` at `pos`. `pos` and `data.len()` are multiples of
+    /// [`BLOCK_BYTES`]; where `data` also starts at a block-aligned address
+    /// a direct-I/O file writes it as it is, with no copy.
+    async fn write_aligned(&self, pos: u64, data: Bytes) -> Result<(), DiskError> {
+        self.write_parts_at(pos, &[&data], data.len()).await
+    }
     /// Reads up to `len` bytes at `pos`; fewer only at the end of the file.
     async fn read_at(&self, pos: u64, len: usize) -> Result<Bytes, DiskError>;
     /// fdatasync: every completed write becomes durable.
@@ -246,6 +252,25 @@ fn fill(dst: &mut [u8], parts: &[&[u8]]) {
     dst[at..].fill(0);
 }
 
+impl DmaDiskFile {
+    /// A write's result: an error unless all `len` bytes were written.
+    fn whole_write(
+        &self,
+        written: glommio::Result<usize, ()>,
+        len: usize,
+    ) -> Result<(), DiskError> {
+        let written = written.map_err(|e| glommio_err("write", &self.path, e))?;
+        if written != len {
+            let e = io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len}"),
+            );
+            return Err(DiskError::new("write", &self.path, e));
+        }
+        Ok(())
+    }
+}
+
 impl DiskFile for DmaDiskFile {
     async fn write_parts_at(&self, pos: u64, parts: &[&[u8]], len: usize) -> Result<(), DiskError> {
         let data_len: usize = parts.iter().map(|p| p.len()).sum();
@@ -255,19 +280,18 @@ impl DiskFile for DmaDiskFile {
         }
         let mut buf = self.file.alloc_dma_buffer(len);
         fill(buf.as_bytes_mut(), parts);
-        let written = self
-            .file
-            .write_at(buf, pos)
-            .await
-            .map_err(|e| glommio_err("write", &self.path, e))?;
-        if written != len {
-            let e = io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write: {written} of {}", len),
-            );
-            return Err(DiskError::new("write", &self.path, e));
+        let written = self.file.write_at(buf, pos).await;
+        self.whole_write(written, len)
+    }
+
+    async fn write_aligned(&self, pos: u64, data: Bytes) -> Result<(), DiskError> {
+        if !(data.as_ptr() as usize).is_multiple_of(BLOCK_BYTES as usize) {
+            // Not addressable by the device as it is: copy it.
+            return self.write_parts_at(pos, &[&data], data.len()).await;
         }
-        Ok(())
+        let len = data.len();
+        let written = self.file.write_owned_at(data, pos).await;
+        self.whole_write(written, len)
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> Result<Bytes, DiskError> {

@@ -7,8 +7,8 @@
 //! the indexer's, beside it; the clean checkpoint at close is the
 //! flusher's, once everything is written and synced.
 
-use super::aligned::{BlockStager, BlockWrite};
-use super::disk::{Disk, DiskFile, BLOCK_BYTES};
+use super::commit_log::Chunk;
+use super::disk::{align_down, align_up, Disk, DiskFile, BLOCK_BYTES};
 use super::indexer::{self, IndexFlush};
 use super::queue_index::PENDING_MAX_BYTES;
 use super::{Inner, StoreError};
@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 pub(super) struct Flusher<D: Disk> {
     pub(super) inner: Weak<Inner<D>>,
     pub(super) wake: glommio::channels::local_channel::LocalReceiver<()>,
-    /// Stages writes to the segment being appended to.
-    segment: Option<(u64, BlockStager<D::File>)>,
+    /// Where the flusher is in the segment being appended to.
+    segment: Option<Cursor<D::File>>,
     /// Log writes in flight, completing in any order.
     writes: Rc<RefCell<WritesInFlight>>,
     /// Slots for log writes in flight ([`StoreConfig::writes_in_flight`]).
@@ -38,6 +38,33 @@ pub(super) struct Flusher<D: Disk> {
     sync_slots: Rc<glommio::sync::Semaphore>,
     /// Completes when the last started fdatasync has acknowledged (or failed).
     last_sync_done: oneshot::Receiver<bool>,
+}
+
+/// The flusher's place in the segment it appends to.
+struct Cursor<F> {
+    seg_start: u64,
+    file: Rc<F>,
+    /// Bytes of the segment handed to the flusher: written, in flight or held.
+    staged: u64,
+    /// The bytes of the block holding `staged`, up to it: they lead the
+    /// next chunk, whose first write rewrites that block.
+    block: Vec<u8>,
+    /// A write of that block, held back while other writes are in flight
+    /// (two writes in flight must never share a block).
+    held: Option<LogWrite>,
+}
+
+/// One write of the log: whole blocks of a chunk, as placed.
+struct LogWrite {
+    /// Offset in the segment, block-aligned.
+    start: u64,
+    /// Whole blocks, zero-padded past the last entry.
+    data: bytes::Bytes,
+    /// Bytes of the segment this write completes: everything before `end`
+    /// is on disk once it (and every earlier write) has completed.
+    end: u64,
+    /// Whether it ends mid-block (the next write rewrites that block).
+    partial: bool,
 }
 
 /// The log writes in flight, by log position, oldest first: `written_pos`
@@ -137,44 +164,17 @@ impl<D: Disk> Flusher<D> {
             let mut index = inner.index.lock().await;
             indexer::flush_index(&inner.state, &mut index, IndexFlush::EveryFullBlock).await?;
         }
-        let chunks: Vec<_> = {
-            let mut st = inner.state.borrow_mut();
-            st.log.pending.drain(..).collect()
-        };
-        let max_write = inner.cfg.max_write_bytes.max(BLOCK_BYTES as usize);
+        let chunks = inner.state.borrow_mut().log.take_pending();
         let last_chunk = chunks.len().saturating_sub(1);
         for (chunk_no, chunk) in chunks.into_iter().enumerate() {
-            // A chunk is allocated for a full round (4 MiB) but a quiet round
-            // holds little. The tail cache counts bytes, not allocations, so
-            // a small round is copied to its own size rather than pin a
-            // mostly empty 4 MiB buffer for as long as it is cached.
-            let data = if chunk.data.capacity() > 2 * chunk.data.len() + SMALL_ROUND_SLACK {
-                bytes::Bytes::copy_from_slice(&chunk.data)
-            } else {
-                chunk.data.freeze()
-            };
-            inner.state.borrow_mut().tail.push(chunk.pos, data.clone());
-            let mut at = 0;
-            while at < data.len() {
-                let piece = data.slice(at..(at + max_write).min(data.len()));
-                at += piece.len();
-                // With no write in flight, the round's last bytes go out at
-                // once, partial block and all; the next write, which
-                // rewrites that block, waits for this one. Held back, they
-                // would need a write (and in `sync` mode an fdatasync) of
-                // their own after it. With writes in flight (a busy log),
-                // the partial block is held so writes keep overlapping.
-                let last = chunk_no == last_chunk && at == data.len();
-                let hold = !last || !self.writes.borrow().ends.is_empty();
-                self.stage(
-                    inner,
-                    chunk.seg_start,
-                    chunk.pos + at as u64 - piece.len() as u64,
-                    piece,
-                    hold,
-                )
-                .await?;
-            }
+            // With no write in flight, the round's last bytes go out at
+            // once, partial block and all; the next write, which rewrites
+            // that block, waits for this one. Held back, they would need a
+            // write (and in `sync` mode an fdatasync) of their own after
+            // it. With writes in flight (a busy log), the partial block is
+            // held so writes keep overlapping.
+            let hold = chunk_no != last_chunk || !self.writes.borrow().ends.is_empty();
+            self.stage(inner, chunk, hold).await?;
         }
         // Bytes held back go out once nothing else is in flight: they may
         // be all there is for a while.
@@ -213,47 +213,127 @@ impl<D: Disk> Flusher<D> {
         Ok(())
     }
 
-    /// Stages `data`, placed at log position `pos` in the segment starting
-    /// at `seg_start`, and issues the write it completes, if any. With
-    /// `hold_partial` a partial last block is kept for the next write.
+    /// Hands `chunk` to the disk: caches its bytes as the tail and issues
+    /// its whole blocks as writes, straight from its buffer. With `hold` a
+    /// partial last block is kept back for the next chunk (or
+    /// [`Self::flush_held`]).
     async fn stage(
         &mut self,
         inner: &Rc<Inner<D>>,
-        seg_start: u64,
-        pos: u64,
-        data: bytes::Bytes,
-        hold_partial: bool,
+        mut chunk: Chunk,
+        hold: bool,
     ) -> Result<(), StoreError> {
-        let offset_in_segment = pos - seg_start;
-        let current = matches!(&self.segment, Some((s, w)) if *s == seg_start && w.staged() == offset_in_segment);
+        let off = chunk.pos - chunk.seg_start;
+        let len = chunk.len();
+        let cursor = self.cursor(inner, chunk.seg_start, off).await?;
+        // The block's earlier bytes lead the chunk; a held write of that
+        // block is superseded by the chunk's first write.
+        if cursor.block.len() != chunk.lead {
+            return Err(StoreError::Internal(format!(
+                "chunk at {} leads with {} bytes, the flusher has {}",
+                chunk.pos,
+                chunk.lead,
+                cursor.block.len()
+            )));
+        }
+        let (first, lead) = (chunk.start, chunk.lead);
+        chunk.buf[first..first + lead].copy_from_slice(&cursor.block);
+        cursor.held = None;
+        let end = off + len as u64;
+        let file_start = align_down(off);
+        let last_block = (align_down(end) - file_start) as usize;
+        cursor.block = chunk.buf[first + last_block..].to_vec();
+        cursor.staged = end;
+        let padded = align_up((lead + len) as u64) as usize;
+        let capacity = chunk.buf.capacity();
+        chunk.buf.resize(first + padded, 0);
+        let all = bytes::Bytes::from(chunk.buf);
+        let data = all.slice(first + lead..first + lead + len);
+        // A chunk is sized after the last round, but a round may hold less.
+        // The tail cache counts bytes, not allocations, so a small round is
+        // copied to its own size rather than pin a mostly empty buffer for
+        // as long as it is cached.
+        let cached = if capacity > 2 * len + SMALL_ROUND_SLACK {
+            bytes::Bytes::copy_from_slice(&data)
+        } else {
+            data
+        };
+        inner.state.borrow_mut().tail.push(chunk.pos, cached);
+
+        let blocks = all.slice(first..first + padded);
+        let write_end = if hold { align_down(end) } else { end };
+        let held = (write_end < end).then(|| LogWrite {
+            start: align_down(end),
+            data: blocks.slice(last_block..last_block + BLOCK_BYTES as usize),
+            end,
+            partial: true,
+        });
+        let write_len = (align_up(write_end) - file_start) as usize;
+        let max_write = align_down(inner.cfg.max_write_bytes as u64).max(BLOCK_BYTES) as usize;
+        let mut at = 0;
+        while at < write_len {
+            let n = max_write.min(write_len - at);
+            let piece_end = (file_start + (at + n) as u64).min(write_end);
+            let write = LogWrite {
+                start: file_start + at as u64,
+                data: blocks.slice(at..at + n),
+                end: piece_end,
+                partial: piece_end % BLOCK_BYTES != 0,
+            };
+            self.issue(inner, chunk.seg_start, write).await?;
+            at += n;
+        }
+        if let Some(cursor) = self.segment.as_mut() {
+            cursor.held = held;
+        }
+        Ok(())
+    }
+
+    /// The cursor of the segment starting at `seg_start`, at offset `off`:
+    /// the current one, or (after a roll, or at the first round) a new one,
+    /// reading the partial block at `off` back from disk.
+    async fn cursor(
+        &mut self,
+        inner: &Rc<Inner<D>>,
+        seg_start: u64,
+        off: u64,
+    ) -> Result<&mut Cursor<D::File>, StoreError> {
+        let current =
+            matches!(&self.segment, Some(c) if c.seg_start == seg_start && c.staged == off);
         if !current {
             // The old segment is finished: its held bytes go out first.
             self.flush_held(inner).await?;
             let file = inner.state.borrow().log.segments.get(&seg_start).cloned();
             let file = file
                 .ok_or_else(|| StoreError::Internal(format!("no segment file at {seg_start}")))?;
+            let lead = (off - align_down(off)) as usize;
+            let mut block = Vec::with_capacity(BLOCK_BYTES as usize);
+            if lead > 0 {
+                block.extend_from_slice(&file.read_at(align_down(off), lead).await?);
+                // A file shorter than its logical length reads as zeros past its end.
+                block.resize(lead, 0);
+            }
             self.partial_write = None;
-            self.segment = Some((seg_start, BlockStager::open(file, offset_in_segment).await?));
+            self.segment = Some(Cursor {
+                seg_start,
+                file,
+                staged: off,
+                block,
+                held: None,
+            });
         }
-        let Some((_, stager)) = self.segment.as_mut() else {
-            return Err(StoreError::Internal("segment stager missing".into()));
-        };
-        // Two writes in flight must not share a block: a held partial block
-        // leads the next write; one written now makes the next wait.
-        let write = stager.stage(data, hold_partial);
-        if let Some(write) = write {
-            self.issue(inner, seg_start, write).await?;
-        }
-        Ok(())
+        self.segment
+            .as_mut()
+            .ok_or_else(|| StoreError::Internal("segment cursor missing".into()))
     }
 
     /// Writes the held-back partial block of the current segment, if any.
     async fn flush_held(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
-        let Some((seg_start, stager)) = self.segment.as_mut() else {
+        let Some(cursor) = self.segment.as_mut() else {
             return Ok(());
         };
-        let seg_start = *seg_start;
-        if let Some(write) = stager.flush_held() {
+        let seg_start = cursor.seg_start;
+        if let Some(write) = cursor.held.take() {
             self.issue(inner, seg_start, write).await?;
         }
         Ok(())
@@ -266,7 +346,7 @@ impl<D: Disk> Flusher<D> {
         &mut self,
         inner: &Rc<Inner<D>>,
         seg_start: u64,
-        write: BlockWrite,
+        write: LogWrite,
     ) -> Result<(), StoreError> {
         if let Some(earlier) = self.partial_write.take() {
             let _ = earlier.await;
@@ -276,10 +356,10 @@ impl<D: Disk> Flusher<D> {
             .acquire_static_permit(1)
             .await
             .map_err(|_| StoreError::Closed)?;
-        let Some((_, stager)) = self.segment.as_ref() else {
-            return Err(StoreError::Internal("segment stager missing".into()));
+        let Some(cursor) = self.segment.as_ref() else {
+            return Err(StoreError::Internal("segment cursor missing".into()));
         };
-        let file = stager.file().clone();
+        let file = cursor.file.clone();
         let end = seg_start + write.end;
         let (partial_done, partial_wait) = oneshot::channel();
         if write.partial {
@@ -289,7 +369,7 @@ impl<D: Disk> Flusher<D> {
         let writes = self.writes.clone();
         let weak = Rc::downgrade(inner);
         glommio::spawn_local(async move {
-            let result = write.run(file.as_ref()).await;
+            let result = file.write_aligned(write.start, write.data).await;
             drop(slot);
             let _ = partial_done.send(());
             let Some(inner) = weak.upgrade() else { return };

@@ -1,7 +1,7 @@
 //! Bounded caches of log byte ranges, first in first out. Two per store:
-//! - the tail cache: the newest bytes, one chunk per flush round (so an
-//!   entry never straddles two chunks), so tailing consumers never touch
-//!   the disk;
+//! - the tail cache: the newest bytes, as the flusher wrote them: one
+//!   chunk per round, or a few when a round outgrew its buffer (an entry
+//!   never straddles two chunks), so tailing consumers never touch the disk;
 //! - the read-ahead cache: large windows read for catching-up consumers, so
 //!   one sequential read serves the next entries of every queue in it.
 //!

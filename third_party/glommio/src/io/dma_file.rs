@@ -312,6 +312,16 @@ impl DmaFile {
         enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
     }
 
+    /// ringmq patch: [`DmaFile::write_at`] from memory the caller owns (for
+    /// instance `bytes::Bytes`), without copying it into a [`DmaBuffer`]
+    /// first. Its address and length must meet the file's alignment, as a
+    /// buffer from [`DmaFile::alloc_dma_buffer`] would; the write fails
+    /// with `EINVAL` otherwise. `buf` is kept, unchanged, until the kernel
+    /// is done with it, even if this future is dropped first.
+    pub async fn write_owned_at<B: AsRef<[u8]> + 'static>(&self, buf: B, pos: u64) -> Result<usize> {
+        self.write_at(DmaBuffer::from_owner(buf), pos).await
+    }
+
     /// Equivalent to [`DmaFile::write_at`] except that the caller retains
     /// non-mutable ownership of the underlying buffer. This can be useful if
     /// you want to asynchronously process a page concurrently with writing it.

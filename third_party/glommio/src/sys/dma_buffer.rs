@@ -48,11 +48,25 @@ impl Drop for SysAlloc {
     }
 }
 
+/// ringmq patch: memory the caller owns and keeps unchanged while it is
+/// written ([`crate::io::DmaFile::write_owned_at`]). Read-only: only write
+/// sources hold it, and the kernel only reads them.
+pub(crate) struct OwnedStorage(Box<dyn AsRef<[u8]>>);
+
+impl std::fmt::Debug for OwnedStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedStorage")
+            .field("len", &(*self.0).as_ref().len())
+            .finish()
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum BufferStorage {
     Sys(SysAlloc),
     Uring(UringBuffer),
     EventFd(*mut u8),
+    Owned(OwnedStorage),
 }
 
 impl BufferStorage {
@@ -61,6 +75,7 @@ impl BufferStorage {
             BufferStorage::Sys(x) => x.as_ptr(),
             BufferStorage::Uring(x) => x.as_ptr(),
             BufferStorage::EventFd(x) => *x as *const u8,
+            BufferStorage::Owned(x) => (*x.0).as_ref().as_ptr(),
         }
     }
 
@@ -69,6 +84,9 @@ impl BufferStorage {
             BufferStorage::Sys(x) => x.as_mut_ptr(),
             BufferStorage::Uring(x) => x.as_mut_ptr(),
             BufferStorage::EventFd(x) => *x,
+            // Never made into a `DmaBuffer` anyone can reach: `write_owned_at`
+            // moves it straight into a write source, which only reads it.
+            BufferStorage::Owned(_) => panic!("owned write buffers are read-only"),
         }
     }
 }
@@ -104,6 +122,12 @@ impl DmaBuffer {
             size,
             trim: 0,
         }
+    }
+
+    /// ringmq patch: a buffer over memory `owner` holds; see [`OwnedStorage`].
+    pub(crate) fn from_owner<B: AsRef<[u8]> + 'static>(owner: B) -> DmaBuffer {
+        let size = owner.as_ref().len();
+        Self::with_storage(size, BufferStorage::Owned(OwnedStorage(Box::new(owner))))
     }
 
     pub(crate) fn uring_buffer_id(&self) -> Option<u32> {
