@@ -164,7 +164,7 @@ impl<D: Disk> Flusher<D> {
             let mut index = inner.index.lock().await;
             indexer::flush_index(&inner.state, &mut index, IndexFlush::EveryFullBlock).await?;
         }
-        let chunks = inner.state.borrow_mut().log.take_pending();
+        let chunks: Vec<_> = inner.state.borrow_mut().log.pending.drain(..).collect();
         let last_chunk = chunks.len().saturating_sub(1);
         for (chunk_no, chunk) in chunks.into_iter().enumerate() {
             // With no write in flight, the round's last bytes go out at
@@ -249,10 +249,10 @@ impl<D: Disk> Flusher<D> {
         chunk.buf.resize(first + padded, 0);
         let all = bytes::Bytes::from(chunk.buf);
         let data = all.slice(first + lead..first + lead + len);
-        // A chunk is sized after the last round, but a round may hold less.
-        // The tail cache counts bytes, not allocations, so a small round is
-        // copied to its own size rather than pin a mostly empty buffer for
-        // as long as it is cached.
+        // A chunk is allocated for a full round (4 MiB) but a quiet round
+        // holds little. The tail cache counts bytes, not allocations, so a
+        // small round is copied to its own size rather than pin a mostly
+        // empty buffer for as long as it is cached.
         let cached = if capacity > 2 * len + SMALL_ROUND_SLACK {
             bytes::Bytes::copy_from_slice(&data)
         } else {
