@@ -166,17 +166,40 @@ def main():
                                                  "kernel": platform.release()}),
         "settings": {"a": args.a, "b": args.b, "a_label": args.a_label, "b_label": args.b_label,
                      "pairs": args.pairs, "seconds": args.seconds, "only": args.only},
-        "commits": {"a": runs[0]["a"].get("commit"), "b": runs[0]["b"].get("commit")},
+        # The bench reads the commit of the checkout it runs in, not the one
+        # it was built from: the labels say which build is which.
+        "checkout": runs[0]["b"].get("commit"),
         "figures": figures,
         "runs": runs,
     }
     os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, f"store-ab-{now}")
+    base = os.path.join(args.out, f"store-ab-{now}-{doc['checkout'] or 'unknown'}")
     with open(base + ".json", "w") as f:
         json.dump(doc, f, indent=1)
     with open(base + ".md", "w") as f:
         f.write(render(doc))
+    refresh_index(args.out)
     print(f"wrote {base}.{{json,md}}", file=sys.stderr)
+
+
+def refresh_index(out):
+    """Rewrites out/README.md as the bench programs do
+    (`core/benches/support/mod.rs`, `refresh_index`)."""
+    rows = []
+    for name in sorted(os.listdir(out)):
+        if not name.endswith(".md") or name == "README.md":
+            continue
+        with open(os.path.join(out, name)) as f:
+            title = f.readline().rstrip("\n")
+        title = title[2:] if title.startswith("# ") else title
+        rows.append((name, title))
+    index = ("# Recorded benchmark results\n\nOne JSON (every setting, machine facts, commit, all "
+             "figures) and one Markdown summary per run. Newest last.\n\n| run | summary |\n|---|---|\n")
+    for name, title in rows:
+        stem = name[: -len(".md")]
+        index += f"| [{title}]({name}) | [{stem}.json]({stem}.json) |\n"
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write(index)
 
 
 if __name__ == "__main__":
