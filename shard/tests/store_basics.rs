@@ -275,6 +275,45 @@ fn real_disk_round_trip() {
     });
 }
 
+/// Rounds bigger than one 4 MiB chunk, several writes in flight and segment
+/// rolls, on the real disk: the log is written from the chunks' own
+/// memory, so every record must read back as appended, from the tail cache
+/// and from disk after a reopen.
+#[test]
+fn real_disk_rounds_larger_than_a_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_owned();
+    run(move || async move {
+        let mut cfg = small_config(&path);
+        cfg.flush = FlushMode::Async;
+        cfg.segment_bytes = 16 << 20;
+        cfg.max_write_bytes = 1 << 20;
+        cfg.writes_in_flight = 4;
+        cfg.tail_cache_bytes = 8 << 20;
+        cfg.read_ahead_bytes = 1 << 20;
+        let store = Store::open(DmaDisk, cfg.clone()).await.unwrap();
+        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let mut appended = Vec::new();
+        for round in 0..4u64 {
+            // 32 batches of ~200 KiB placed together: one round of ~6.4 MiB.
+            let sends = (0..32u64).map(|i| {
+                let seed = round * 1000 + i;
+                let b = bodies(seed, 100, 2000 + (seed as usize * 37) % 300);
+                let store = store.clone();
+                async move { (store.append(q, batch(0, &b)).await.unwrap().base_offset, b) }
+            });
+            appended.extend(futures::future::join_all(sends).await);
+        }
+        appended.sort_by_key(|(base, _)| *base);
+        let expect: Vec<Vec<u8>> = appended.into_iter().flat_map(|(_, b)| b).collect();
+        assert_eq!(read_bodies(&store, q).await, expect);
+        store.close().await.unwrap();
+        let (store, got) = reopen_and_read(DmaDisk, cfg).await;
+        assert_eq!(got, expect);
+        store.close().await.unwrap();
+    });
+}
+
 /// Descriptors this process holds open on files under `dir`.
 fn open_files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir("/proc/self/fd")
