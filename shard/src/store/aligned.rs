@@ -11,6 +11,20 @@
 use super::disk::{align_down, align_up, DiskError, DiskFile, BLOCK_BYTES};
 use std::rc::Rc;
 
+/// The bytes of the block holding `pos`, from the block's start to `pos`,
+/// read back from `file` (none when `pos` is block-aligned).
+pub(crate) async fn partial_block<F: DiskFile>(file: &F, pos: u64) -> Result<Vec<u8>, DiskError> {
+    let block_start = align_down(pos);
+    let len = (pos - block_start) as usize;
+    let mut block = Vec::with_capacity(BLOCK_BYTES as usize);
+    if len > 0 {
+        block.extend_from_slice(&file.read_at(block_start, len).await?);
+        // A file shorter than its logical length reads as zeros past its end.
+        block.resize(len, 0);
+    }
+    Ok(block)
+}
+
 /// Appends to one file, one write at a time.
 #[derive(Debug)]
 pub(crate) struct AlignedWriter<F> {
@@ -25,15 +39,7 @@ impl<F: DiskFile> AlignedWriter<F> {
     /// A writer for a file whose logical length is `written`, reading the
     /// partial last block back from disk.
     pub(crate) async fn open(file: Rc<F>, written: u64) -> Result<Self, DiskError> {
-        let block_start = align_down(written);
-        let tail_len = (written - block_start) as usize;
-        let mut tail = Vec::with_capacity(BLOCK_BYTES as usize);
-        if tail_len > 0 {
-            let block = file.read_at(block_start, tail_len).await?;
-            tail.extend_from_slice(&block);
-            // A file shorter than its logical length reads as zeros past its end.
-            tail.resize(tail_len, 0);
-        }
+        let tail = partial_block(file.as_ref(), written).await?;
         Ok(Self {
             file,
             written,

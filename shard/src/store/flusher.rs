@@ -7,6 +7,7 @@
 //! the indexer's, beside it; the clean checkpoint at close is the
 //! flusher's, once everything is written and synced.
 
+use super::aligned::partial_block;
 use super::commit_log::Chunk;
 use super::disk::{align_down, align_up, Disk, DiskFile, BLOCK_BYTES};
 use super::indexer::{self, IndexFlush};
@@ -306,13 +307,7 @@ impl<D: Disk> Flusher<D> {
             let file = inner.state.borrow().log.segments.get(&seg_start).cloned();
             let file = file
                 .ok_or_else(|| StoreError::Internal(format!("no segment file at {seg_start}")))?;
-            let lead = (off - align_down(off)) as usize;
-            let mut block = Vec::with_capacity(BLOCK_BYTES as usize);
-            if lead > 0 {
-                block.extend_from_slice(&file.read_at(align_down(off), lead).await?);
-                // A file shorter than its logical length reads as zeros past its end.
-                block.resize(lead, 0);
-            }
+            let block = partial_block(file.as_ref(), off).await?;
             self.partial_write = None;
             self.segment = Some(Cursor {
                 seg_start,
