@@ -316,8 +316,10 @@ impl DmaFile {
     /// instance `bytes::Bytes`), without copying it into a [`DmaBuffer`]
     /// first. Its address and length must meet the file's alignment, as a
     /// buffer from [`DmaFile::alloc_dma_buffer`] would; the write fails
-    /// with `EINVAL` otherwise. `buf` is kept, unchanged, until the kernel
-    /// is done with it, even if this future is dropped first.
+    /// with `EINVAL` otherwise. `buf.as_ref()` must give the same slice on
+    /// every call, as `Bytes`, `Vec<u8>` and `Box<[u8]>` do. `buf` is kept,
+    /// unchanged, until the kernel is done with it, even if this future is
+    /// dropped first.
     pub async fn write_owned_at<B: AsRef<[u8]> + 'static>(&self, buf: B, pos: u64) -> Result<usize> {
         self.write_at(DmaBuffer::from_owner(buf), pos).await
     }
