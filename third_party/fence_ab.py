@@ -14,6 +14,9 @@ and B_LABEL name them (default upstream, patched), PREFIX names the files
 (default glommio-fence) and TITLE heads the Markdown."""
 import json, os, platform, re, statistics, subprocess, sys, time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "core", "benches", "support"))
+from bench_results import checkout_commit, refresh_index  # noqa: E402
+
 FIGURES = ("sent", "p50", "p99", "p999", "broker_cpu_us", "proc_cpu_s")
 
 
@@ -75,6 +78,7 @@ def write(out, meta, rows):
         json.dump(dict(meta=meta, summary=summary, runs=rows), fh, indent=1)
     with open(base + ".md", "w") as fh:
         fh.write(md)
+    refresh_index(out)
     print(md)
 
 
@@ -100,8 +104,7 @@ def main():
                 row = dict(round=r, rate=rate, build=build, **run_one(bins[build], rate, size, dur, warm))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
-    commit = git("rev-parse", "--short=12", "HEAD") + ("-dirty" if git("status", "--porcelain") else "")
+    commit = checkout_commit()
     with open("/proc/cpuinfo") as fh:
         cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "?")
     meta = dict(when=time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime()), commit=commit, cpu=cpu,

@@ -29,6 +29,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "core", "benches", "support"))
+from bench_results import checkout_commit, refresh_index  # noqa: E402
+
 # (path in the bench JSON, label, higher is better)
 FIGURES = [
     (("async", "appenders_16", "rounds", 0, "mib_s"), "async 16 appenders MiB/s", True),
@@ -166,9 +169,9 @@ def main():
                                                  "kernel": platform.release()}),
         "settings": {"a": args.a, "b": args.b, "a_label": args.a_label, "b_label": args.b_label,
                      "pairs": args.pairs, "seconds": args.seconds, "only": args.only},
-        # The bench reads the commit of the checkout it runs in, not the one
+        # Each bench reports the commit of the folder it runs in, not the one
         # it was built from: the labels say which build is which.
-        "checkout": runs[0]["b"].get("commit"),
+        "checkout": checkout_commit(),
         "figures": figures,
         "runs": runs,
     }
@@ -180,26 +183,6 @@ def main():
         f.write(render(doc))
     refresh_index(args.out)
     print(f"wrote {base}.{{json,md}}", file=sys.stderr)
-
-
-def refresh_index(out):
-    """Rewrites out/README.md as the bench programs do
-    (`core/benches/support/mod.rs`, `refresh_index`)."""
-    rows = []
-    for name in sorted(os.listdir(out)):
-        if not name.endswith(".md") or name == "README.md":
-            continue
-        with open(os.path.join(out, name)) as f:
-            title = f.readline().rstrip("\n")
-        title = title[2:] if title.startswith("# ") else title
-        rows.append((name, title))
-    index = ("# Recorded benchmark results\n\nOne JSON (every setting, machine facts, commit, all "
-             "figures) and one Markdown summary per run. Newest last.\n\n| run | summary |\n|---|---|\n")
-    for name, title in rows:
-        stem = name[: -len(".md")]
-        index += f"| [{title}]({name}) | [{stem}.json]({stem}.json) |\n"
-    with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(index)
 
 
 if __name__ == "__main__":
