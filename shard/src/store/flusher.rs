@@ -51,7 +51,9 @@ struct Cursor<F> {
     /// next chunk, whose first write rewrites that block.
     block: Vec<u8>,
     /// A write of that block, held back while other writes are in flight
-    /// (two writes in flight must never share a block).
+    /// (two writes in flight must never share a block). It keeps its
+    /// chunk's buffer alive until the next chunk supersedes it or it is
+    /// written: one chunk at most.
     held: Option<LogWrite>,
 }
 
@@ -243,7 +245,10 @@ impl<D: Disk> Flusher<D> {
         let end = off + len as u64;
         let file_start = align_down(off);
         let last_block = (align_down(end) - file_start) as usize;
-        cursor.block = chunk.buf[first + last_block..].to_vec();
+        cursor.block.clear();
+        cursor
+            .block
+            .extend_from_slice(&chunk.buf[first + last_block..]);
         cursor.staged = end;
         let padded = align_up((lead + len) as u64) as usize;
         let capacity = chunk.buf.capacity();
