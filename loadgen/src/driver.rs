@@ -167,6 +167,7 @@ pub(crate) struct Pacer {
     /// The last clock reading: a message due by then is due now, with no
     /// clock read of its own (one per wake-up instead of one per message).
     seen_now_us: Cell<u64>,
+    timer: crate::hrtimer::Timer,
 }
 
 impl Pacer {
@@ -178,6 +179,7 @@ impl Pacer {
             pace_us: w.pace_us,
             last_wake_us: Cell::new(0),
             seen_now_us: Cell::new(0),
+            timer: crate::hrtimer::Timer::new(),
         }
     }
 
@@ -195,7 +197,9 @@ impl Pacer {
             self.seen_now_us.set(now);
             if at > now {
                 let wake = at.max(self.last_wake_us.get() + self.pace_us);
-                crate::hrtimer::sleep_until(epoch + Duration::from_micros(wake)).await;
+                self.timer
+                    .sleep_until(epoch + Duration::from_micros(wake))
+                    .await;
                 self.last_wake_us.set(wake);
             }
             at

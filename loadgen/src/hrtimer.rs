@@ -4,11 +4,16 @@
 //! An open-loop producer counts latency from each message's intended send
 //! time, so that rounding would be charged to the broker: at 50k msg/s a
 //! message waits half a millisecond on average before it is even sent.
-//! Here one helper thread keeps a heap of deadlines and sleeps on a
-//! condition variable (a futex with an hrtimer behind it: tens of µs of
-//! slack), then wakes the waiting task across threads (monoio's `sync`
-//! feature turns that wake into an eventfd write to the runtime).
+//!
+//! [`Timer`] is a producer's own timerfd, read through the runtime's
+//! io_uring: the thread sleeps in the kernel until the deadline. Where a
+//! timerfd cannot be read that way (monoio's epoll driver), sleeps fall
+//! back to [`sleep_until`]: one helper thread keeps a heap of deadlines
+//! and sleeps on a condition variable (a futex with an hrtimer behind it:
+//! tens of µs of slack), then wakes the waiting task across threads
+//! (monoio's `sync` feature turns that wake into an eventfd write).
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
@@ -101,6 +106,105 @@ fn run(s: &Shared) {
     }
 }
 
+/// One task's own sub-millisecond timer: a timerfd read through the
+/// runtime's io_uring. The runtime thread sleeps in the kernel until the
+/// deadline and wakes straight into the task, with no helper thread to be
+/// scheduled first (on a busy host that hop cost a run-queue wait of its
+/// own before every pacing wake-up). Falls back to the shared timer thread
+/// where the runtime cannot read a timerfd (the epoll driver).
+pub(crate) struct Timer {
+    fd: Option<(rustix::fd::OwnedFd, monoio::fs::File)>,
+    broken: Cell<bool>,
+    buf: Cell<Option<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Timer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timer")
+            .field("timerfd", &(self.fd.is_some() && !self.broken.get()))
+            .finish()
+    }
+}
+
+impl Timer {
+    pub(crate) fn new() -> Self {
+        use rustix::time::{timerfd_create, TimerfdClockId, TimerfdFlags};
+        // Blocking on purpose: io_uring polls a blocking fd, but completes
+        // a read of an O_NONBLOCK one at once with EAGAIN.
+        let fd = timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::CLOEXEC)
+            .map_err(std::io::Error::from)
+            .and_then(|fd| {
+                let read_side = fd.try_clone()?;
+                let file = monoio::fs::File::from_std(std::fs::File::from(read_side))?;
+                Ok((fd, file))
+            });
+        let fd = match fd {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::debug!(error = %e, "no timerfd: pacing through the timer thread");
+                None
+            }
+        };
+        Self {
+            fd,
+            broken: Cell::new(false),
+            buf: Cell::new(Some(vec![0; 8])),
+        }
+    }
+
+    /// Completes at `at`, give or take the kernel's timer slack.
+    pub(crate) async fn sleep_until(&self, at: Instant) {
+        if let Some((fd, file)) = self.fd.as_ref().filter(|_| !self.broken.get()) {
+            match self.read_timer(fd, file, at).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "timerfd read failed: pacing through the timer thread");
+                    self.broken.set(true);
+                }
+            }
+        }
+        sleep_until(at).await;
+    }
+
+    async fn read_timer(
+        &self,
+        fd: &rustix::fd::OwnedFd,
+        file: &monoio::fs::File,
+        at: Instant,
+    ) -> std::io::Result<()> {
+        use rustix::time::{timerfd_settime, Itimerspec, TimerfdTimerFlags, Timespec};
+        let left = at.saturating_duration_since(Instant::now());
+        if left <= SPIN_FREE {
+            return Ok(());
+        }
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let value = Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        timerfd_settime(
+            fd,
+            TimerfdTimerFlags::empty(),
+            &Itimerspec {
+                it_interval: zero,
+                it_value: value,
+            },
+        )?;
+        let buf = self.buf.take().unwrap_or_else(|| vec![0; 8]);
+        // Offset -1: "the file's own position", the only kind of read a
+        // timerfd takes (a positioned read of one is ESPIPE).
+        let (res, buf) = file.read_at(buf, u64::MAX).await;
+        self.buf.set(Some(buf));
+        match res? {
+            8 => Ok(()),
+            n => Err(std::io::Error::other(format!("timerfd read {n} bytes"))),
+        }
+    }
+}
+
 /// Completes at `at`, give or take the timer thread's wake-up latency.
 pub(crate) async fn sleep_until(at: Instant) {
     match shared() {
@@ -180,6 +284,26 @@ mod tests {
                 t.await;
             }
             assert_eq!(*order.borrow(), vec![1, 2, 0]);
+        });
+    }
+
+    #[test]
+    fn a_timer_sleeps_through_its_timerfd_until_each_deadline() {
+        let mut rt = ringmq_client::runtime().expect("runtime");
+        rt.block_on(async {
+            let timer = Timer::new();
+            for us in [200u64, 1_500, 50, 3_000] {
+                let at = Instant::now() + Duration::from_micros(us);
+                timer.sleep_until(at).await;
+                assert!(Instant::now() + SPIN_FREE >= at, "woke before {us} µs");
+            }
+            // A deadline already past returns at once.
+            timer.sleep_until(Instant::now()).await;
+            // These machines run io_uring: the timerfd served every sleep,
+            // with no fallback to the helper thread.
+            if monoio::utils::detect_uring() {
+                assert!(timer.fd.is_some() && !timer.broken.get(), "{timer:?}");
+            }
         });
     }
 }

@@ -7,7 +7,8 @@
 //! - [`stats`]: payload stamps, HdrHistograms (merged, never averaged),
 //!   per-second series, `--verify` checks.
 //! - [`report`]: the final table, JSON + Markdown + SVG into `bench-results/`.
-//! - `hrtimer`: sub-millisecond sleeps for the schedule (one helper thread).
+//! - `hrtimer`: sub-millisecond sleeps for the schedule (a timerfd per
+//!   producer, read through io_uring).
 //! - [`embedded`]: an in-process name server and broker (`quickstart`).
 //! - [`verify`]: reading a topic back against an ack log.
 //! - [`peers`]: Redis Streams and NATS JetStream drivers (small RESP and
