@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Records issue #7's benchmark results into bench-results/ (about 40 minutes):
 #   1. max throughput, async, 100 B and 1 KiB, 1 topic x 8 queues, 2 shards
-#   2. latency at 50 % of that maximum
+#   2. latency at 50 % of that maximum, after `floor` measured the host's
+#      own CPU stalls and disk write latency
 #   3. the same with sync flush
 #   4. compare with NATS JetStream and Redis Streams (installed if missing)
 #   5. backlog: BACKLOG (default 100M) x 100 B stored, then a fixed rate while
@@ -22,6 +23,14 @@ median_rate() { # the median published msg/s of the last repeat summary for a na
     local f; f=$(ls -t bench-results/compare-"$1"-x3-*.json | head -1)
     python3 -c "import json,sys; r=json.load(open('$f'))['rows']; print(int([x for x in r if x['figure']=='published msg/s'][0]['median']))"
 }
+if want latency; then
+    # The host's own floor under the latency runs, measured just before
+    # them: CPU stalls, and direct writes shaped like a shard's log writes
+    # under the half-rate load (about 36 KiB, ~1000 a second per shard).
+    command -v fio >/dev/null || apt-get install -y -qq fio
+    $lg floor --seconds 10 --disk "${RINGMQ_LOADGEN_DIR:-/var/tmp}" --write-kib 36 --writes-per-sec 1000 \
+        --disk-jobs 2 --report bench-results --name before-latency
+fi
 for flush in async sync; do
     [ "$flush" = async ] && ! want max && ! want latency && continue
     [ "$flush" = sync ] && ! want sync && continue

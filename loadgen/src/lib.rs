@@ -9,6 +9,8 @@
 //! - [`report`]: the final table, JSON + Markdown + SVG into `bench-results/`.
 //! - `hrtimer`: sub-millisecond sleeps for the schedule (a timerfd per
 //!   producer, read through io_uring).
+//! - [`floor`]: how often and how long this host takes its CPUs away
+//!   (the floor under every latency percentile).
 //! - [`embedded`]: an in-process name server and broker (`quickstart`).
 //! - [`verify`]: reading a topic back against an ack log.
 //! - [`peers`]: Redis Streams and NATS JetStream drivers (small RESP and
@@ -17,6 +19,7 @@
 
 pub mod driver;
 pub mod embedded;
+pub mod floor;
 mod hrtimer;
 pub mod peers;
 pub mod report;

@@ -30,6 +30,31 @@ enum Command {
     /// Runs the workload on ringmq (embedded), NATS JetStream and Redis
     /// Streams one after another and prints them side by side.
     Compare(Box<CompareArgs>),
+    /// Measures the latency this host adds before any broker code runs:
+    /// CPU stalls on every CPU and, with --disk, direct-write latency
+    /// (fio). Run it on an idle machine.
+    Floor(FloorArgs),
+}
+
+#[derive(Debug, Args)]
+struct FloorArgs {
+    /// Seconds of each probe (every CPU at once, then the disk).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    seconds: u64,
+    /// Also time direct writes into this folder with fio (the broker's data disk).
+    #[arg(long, value_name = "DIR")]
+    disk: Option<PathBuf>,
+    /// --disk: size of each write, KiB (a shard's log write under load).
+    #[arg(long, default_value_t = 36, value_parser = clap::value_parser!(u64).range(4..=65536))]
+    write_kib: u64,
+    /// --disk: writes a second per job.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    writes_per_sec: u64,
+    /// --disk: jobs writing at once (one per shard).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    disk_jobs: u64,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -365,6 +390,53 @@ fn peer_supports(args: &RunArgs, w: &Workload) -> Result<(), String> {
     }
 }
 
+fn floor(args: &FloorArgs) -> Result<bool, String> {
+    use ringmq_loadgen::floor;
+    eprintln!(
+        "probing every CPU for {} s (keep the machine otherwise idle)",
+        args.seconds
+    );
+    let cpu = floor::measure(args.seconds).map_err(|e| e.to_string())?;
+    println!("{}", floor::table(&cpu));
+    let mut reproduce = format!("--seconds {}", args.seconds);
+    let disk = match &args.disk {
+        None => None,
+        Some(dir) => {
+            eprintln!(
+                "timing {} x {} KiB direct writes a second, {} job(s), in {} for {} s (fio)",
+                args.writes_per_sec,
+                args.write_kib,
+                args.disk_jobs,
+                dir.display(),
+                args.seconds
+            );
+            let d = floor::disk(
+                dir,
+                args.seconds,
+                args.write_kib,
+                args.writes_per_sec,
+                args.disk_jobs,
+            )
+            .map_err(|e| e.to_string())?;
+            println!("{}", floor::disk_table(&d));
+            reproduce += &format!(
+                " --disk {} --write-kib {} --writes-per-sec {} --disk-jobs {}",
+                dir.display(),
+                args.write_kib,
+                args.writes_per_sec,
+                args.disk_jobs
+            );
+            Some(d)
+        }
+    };
+    if let Some(dir) = &args.common.report {
+        let base = report::write_floor(dir, &args.common.name, &cpu, disk.as_ref(), &reproduce)
+            .map_err(|e| format!("writing the report into {}: {e}", dir.display()))?;
+        eprintln!("report: {}.md", base.display());
+    }
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -471,6 +543,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Compare(args) => compare(&args),
+        Command::Floor(args) => floor(&args),
         Command::Verify(args) => {
             ringmq_loadgen::verify::read_ack_log(&args.ack_log).and_then(|acked| {
                 let r = ringmq_loadgen::verify::verify(args.namesrv, &args.topic, &acked)?;

@@ -3,7 +3,7 @@
 //! by percentile), and the index README of the folder.
 
 #[path = "../../core/benches/support/mod.rs"]
-mod support;
+pub(crate) mod support;
 
 use crate::driver::RunOutput;
 use crate::stats::{Percentiles, Second};
@@ -371,4 +371,60 @@ pub fn write_compare(
     )?;
     std::fs::write(dir.join(format!("{base}.md")), md)?;
     support::refresh_index(dir)
+}
+
+/// Writes a `floor` run's JSON and Markdown into `dir`; returns the base path.
+pub fn write_floor(
+    dir: &Path,
+    name: &str,
+    cpu: &crate::floor::StallReport,
+    disk: Option<&crate::floor::DiskFloor>,
+    reproduce: &str,
+) -> std::io::Result<std::path::PathBuf> {
+    let started = support::utc_stamp();
+    let commit = support::git_commit();
+    let machine = support::machine();
+    let disk_md = disk.map_or_else(String::new, |d| {
+        format!(
+            "## disk: direct-write completion latency (fio, io_uring)\n\n{}\n\
+             An `async` send is acknowledged once the write holding it completed: publish latency cannot be \
+             below these percentiles.\n\n",
+            crate::floor::disk_table(d)
+        )
+    });
+    let md = format!(
+        "# host latency floor {name}, {started}\n\nCommit `{commit}`; {} ({} cores), kernel {}.\n\n\
+         ## CPU stalls\n\nOne thread pinned to each CPU read the clock in a tight loop for {} s; every gap of at \
+         least {} µs is time the CPU was taken away (hypervisor, interrupts, or any other runnable thread: run it \
+         on an idle machine).\n\n{}\n\
+         P(wait ≥ 1 ms) is the chance that a request needing that CPU at a random moment finds it gone for at least \
+         another millisecond: compare it with a p99 target (1 %); P(wait ≥ 5 ms) with a p99.9 target (0.1 %).\n\n\
+         {disk_md}Reproduce: `cargo run --release -p ringmq-loadgen -- floor {reproduce}`\n",
+        machine.cpu_model,
+        machine.cores,
+        machine.kernel,
+        cpu.seconds,
+        crate::floor::GAP_FLOOR.as_micros(),
+        crate::floor::table(cpu),
+    );
+    let report = json!({
+        "tool": "ringmq-loadgen floor",
+        "name": name,
+        "started_utc": started,
+        "commit": commit,
+        "machine": machine,
+        "arguments": reproduce,
+        "gap_floor_us": crate::floor::GAP_FLOOR.as_micros() as u64,
+        "seconds": cpu.seconds,
+        "cpus": cpu.cpus,
+        "disk": disk,
+    });
+    support::write_report(
+        dir,
+        &format!("floor-{name}"),
+        &started,
+        &commit,
+        &report,
+        &md,
+    )
 }

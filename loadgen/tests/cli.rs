@@ -131,3 +131,72 @@ fn an_ack_log_is_verified_against_the_topic() {
     // Bad arguments are refused before anything runs.
     assert_eq!(loadgen(&["run", "--size", "3"]).status.code(), Some(2));
 }
+
+#[test]
+fn floor_reports_cpu_stalls_and_the_disk_write_latency_or_says_fio_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("results");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let out = loadgen(&[
+        "floor",
+        "--seconds",
+        "1",
+        "--disk",
+        data.to_str().unwrap(),
+        "--writes-per-sec",
+        "200",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    // The CPU probe needs nothing installed: its table comes first either way.
+    assert!(stdout.contains("| CPU | gaps"), "{stdout}\n{stderr}");
+    let fio_installed = Command::new("fio").arg("--version").output().is_ok();
+    if !fio_installed {
+        assert!(!out.status.success());
+        assert!(stderr.contains("apt-get install fio"), "{stderr}");
+        return;
+    }
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let json = std::fs::read_dir(&report)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+    let cpus = v["cpus"].as_array().unwrap();
+    assert!(!cpus.is_empty());
+    assert!(cpus.iter().all(|c| c["seconds"].as_f64().unwrap() >= 1.0));
+    let disk = &v["disk"];
+    let (p50, p99, max) = (
+        disk["p50_us"].as_f64().unwrap(),
+        disk["p99_us"].as_f64().unwrap(),
+        disk["max_us"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{disk}");
+    // Two jobs at 200 writes/s each, for a second.
+    assert!(disk["writes_per_s"].as_f64().unwrap() > 100.0, "{disk}");
+    // fio's files went with its folder.
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
+
+    // A data folder that is not there is refused, not created.
+    let missing = dir.path().join("no-such-dir");
+    let out = loadgen(&[
+        "floor",
+        "--seconds",
+        "1",
+        "--disk",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-dir"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!missing.exists());
+}

@@ -35,7 +35,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
-use support::{spread, Spread};
+use support::{fio, spread, Spread};
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -207,22 +207,6 @@ fn topic() -> TopicName {
 }
 
 // ---- fio ----------------------------------------------------------------
-
-fn fio(dir: &Path, args: &[&str]) -> Result<Value, String> {
-    let out = Command::new("fio")
-        .arg(format!("--directory={}", dir.display()))
-        .args(args)
-        .arg("--output-format=json")
-        .output()
-        .map_err(|e| format!("fio not runnable ({e}); install it with `apt-get install fio`"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "fio failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    serde_json::from_slice::<Value>(&out.stdout).map_err(|e| format!("fio output: {e}"))
-}
 
 fn fio_seq_write_mib_s(dir: &Path, seconds: u64) -> Result<f64, String> {
     let runtime = format!("--runtime={seconds}");

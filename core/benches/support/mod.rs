@@ -144,6 +144,23 @@ pub fn out_dir(out: &Path) -> PathBuf {
     }
 }
 
+/// Runs fio in `dir` with `args` and returns its JSON report.
+pub fn fio(dir: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new("fio")
+        .arg(format!("--directory={}", dir.display()))
+        .args(args)
+        .arg("--output-format=json")
+        .output()
+        .map_err(|e| format!("fio not runnable ({e}); install it with `apt-get install fio`"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "fio failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("fio output: {e}"))
+}
+
 /// Writes `<prefix>-<utc>-<commit>.{json,md}` and refreshes the index.
 pub fn write_report<T: Serialize>(
     dir: &Path,

@@ -1,0 +1,418 @@
+//! `ringmq-loadgen floor`: the latency this host adds before any broker
+//! code runs. Two probes:
+//!
+//! - **CPU stalls**: how often, and for how long, the host takes its CPUs
+//!   away from a runnable thread;
+//! - **disk writes** (with `--disk DIR`): fio's completion latency for
+//!   direct writes shaped like a shard's log writes, one at a time per job.
+//!   An `async` send is acknowledged once its write completed, so no
+//!   percentile of publish latency can be below that percentile of the
+//!   disk's write latency.
+//!
+//! On a virtual machine the hypervisor preempts whole vCPUs; on a shared
+//! host other work and interrupts do the same. No broker can answer a
+//! request while the CPU it needs is gone, so those stalls set a floor
+//! under every latency percentile measured here, and a latency target
+//! only means something next to it.
+//!
+//! One thread per allowed CPU, pinned there, reads the monotonic clock in
+//! a tight loop for the whole run. Any gap between two readings longer
+//! than [`GAP_FLOOR`] is time the thread did not run: it is recorded in a
+//! histogram, and the time inside gaps is summed. Run it on an otherwise
+//! idle machine: any other runnable thread shows up as a stall too.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// Gaps shorter than this are the loop itself (a clock read is tens of ns)
+/// or cache misses, not stalls.
+pub const GAP_FLOOR: Duration = Duration::from_micros(10);
+
+/// What one CPU's probe saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuStalls {
+    pub cpu: usize,
+    pub seconds: f64,
+    /// Gaps of at least 100 µs, 1 ms and 5 ms, per second.
+    pub over_100us_per_s: f64,
+    pub over_1ms_per_s: f64,
+    pub over_5ms_per_s: f64,
+    pub longest_ms: f64,
+    /// Share of the run spent inside gaps of at least `GAP_FLOOR`, %.
+    pub lost_pct: f64,
+    /// The chance, in %, that a request needing this CPU at a random
+    /// moment finds it gone for at least another 1 ms (or 5 ms): the sum
+    /// over gaps of (gap - 1 ms), where positive, over the run's length.
+    /// Compare with a p99 (1 %) or p99.9 (0.1 %) latency target.
+    pub wait_1ms_pct: f64,
+    pub wait_5ms_pct: f64,
+    /// Steal time the kernel accounted to this CPU meanwhile, %
+    /// (`/proc/stat`, 10 ms ticks), where readable.
+    pub steal_pct: Option<f64>,
+    /// Times per second the kernel switched the probe out for another
+    /// thread of this machine (involuntary context switches): gaps beyond
+    /// these were the vCPU itself, or interrupts, taken away.
+    pub preempted_per_s: Option<f64>,
+}
+
+/// Stalls of every probed CPU.
+#[derive(Debug, Clone, Serialize)]
+pub struct StallReport {
+    pub seconds: u64,
+    pub cpus: Vec<CpuStalls>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StallError {
+    #[error("reading this process's CPU set: {0}")]
+    Affinity(std::io::Error),
+    #[error("pinning the probe to CPU {cpu}: {source}")]
+    Pin { cpu: usize, source: std::io::Error },
+    #[error("starting a probe thread: {0}")]
+    Thread(std::io::Error),
+    #[error("a probe thread panicked")]
+    Panicked,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskFloorError {
+    #[error("preparing {path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Fio(String),
+}
+
+/// What fio measured for direct writes of one size at a fixed rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskFloor {
+    pub write_kib: u64,
+    pub jobs: u64,
+    pub writes_per_s_per_job: u64,
+    pub seconds: u64,
+    pub writes_per_s: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub p9999_us: f64,
+    pub max_us: f64,
+}
+
+/// Runs fio: `jobs` jobs, each writing `write_kib` KiB sequentially with
+/// O_DIRECT through io_uring, one write at a time, `per_s` writes a
+/// second, for `seconds`, into fallocated files in a fresh folder under
+/// `dir` (removed afterwards).
+pub fn disk(
+    dir: &std::path::Path,
+    seconds: u64,
+    write_kib: u64,
+    per_s: u64,
+    jobs: u64,
+) -> Result<DiskFloor, DiskFloorError> {
+    let work = dir.join(format!("ringmq-floor-{}", std::process::id()));
+    // `create_dir`, not `create_dir_all`: a mistyped DIR is an error, not
+    // a new folder tree on some other disk.
+    std::fs::create_dir(&work).map_err(|source| DiskFloorError::Dir {
+        path: work.clone(),
+        source,
+    })?;
+    let args = [
+        "--name=floor".to_owned(),
+        "--rw=write".to_owned(),
+        format!("--bs={write_kib}k"),
+        "--direct=1".to_owned(),
+        "--ioengine=io_uring".to_owned(),
+        "--iodepth=1".to_owned(),
+        format!("--rate_iops={per_s}"),
+        format!("--numjobs={jobs}"),
+        "--group_reporting".to_owned(),
+        "--size=1G".to_owned(),
+        "--fallocate=native".to_owned(),
+        "--time_based".to_owned(),
+        format!("--runtime={seconds}"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = crate::report::support::fio(&work, &args);
+    let _ = std::fs::remove_dir_all(&work);
+    let v = out.map_err(DiskFloorError::Fio)?;
+    let w = &v["jobs"][0]["write"];
+    let clat = &w["clat_ns"];
+    let pct = |p: &str| clat["percentile"][p].as_f64().map(|ns| ns / 1e3);
+    let missing = || DiskFloorError::Fio("fio's report has no write latencies".into());
+    Ok(DiskFloor {
+        write_kib,
+        jobs,
+        writes_per_s_per_job: per_s,
+        seconds,
+        writes_per_s: w["iops"].as_f64().ok_or_else(missing)?,
+        p50_us: pct("50.000000").ok_or_else(missing)?,
+        p90_us: pct("90.000000").ok_or_else(missing)?,
+        p99_us: pct("99.000000").ok_or_else(missing)?,
+        p999_us: pct("99.900000").ok_or_else(missing)?,
+        p9999_us: pct("99.990000").ok_or_else(missing)?,
+        max_us: clat["max"].as_f64().ok_or_else(missing)? / 1e3,
+    })
+}
+
+/// The Markdown table of a disk probe.
+pub fn disk_table(d: &DiskFloor) -> String {
+    format!(
+        "| writes | writes/s | p50 ms | p90 ms | p99 ms | p99.9 ms | p99.99 ms | max ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {} job(s) x {} KiB, one at a time, {}/s each | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+        d.jobs,
+        d.write_kib,
+        d.writes_per_s_per_job,
+        d.writes_per_s,
+        d.p50_us / 1e3,
+        d.p90_us / 1e3,
+        d.p99_us / 1e3,
+        d.p999_us / 1e3,
+        d.p9999_us / 1e3,
+        d.max_us / 1e3,
+    )
+}
+
+/// CPUs this process may run on.
+fn allowed_cpus() -> Result<Vec<usize>, StallError> {
+    let set =
+        rustix::thread::sched_getaffinity(None).map_err(|e| StallError::Affinity(e.into()))?;
+    Ok((0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| set.is_set(c))
+        .collect())
+}
+
+/// Per-CPU cumulative steal ticks from `/proc/stat`, by CPU number.
+fn steal_ticks() -> Vec<(usize, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    parse_steal(&stat)
+}
+
+fn parse_steal(stat: &str) -> Vec<(usize, u64)> {
+    stat.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let cpu = f.next()?.strip_prefix("cpu")?.parse().ok()?;
+            // user nice system idle iowait irq softirq steal
+            let steal = f.nth(7)?.parse().ok()?;
+            Some((cpu, steal))
+        })
+        .collect()
+}
+
+/// What one probe thread measures, before it becomes a [`CpuStalls`].
+#[derive(Debug)]
+struct Probe {
+    gaps_us: Histogram<u64>,
+    lost: Duration,
+    wait_1ms: Duration,
+    wait_5ms: Duration,
+    elapsed: Duration,
+    preempted: Option<u64>,
+}
+
+impl Probe {
+    fn new() -> Self {
+        Self {
+            gaps_us: crate::stats::histogram(),
+            lost: Duration::ZERO,
+            wait_1ms: Duration::ZERO,
+            wait_5ms: Duration::ZERO,
+            elapsed: Duration::ZERO,
+            preempted: None,
+        }
+    }
+
+    /// One interval between two clock readings.
+    fn account(&mut self, gap: Duration) {
+        if gap >= GAP_FLOOR {
+            self.gaps_us
+                .saturating_record(u64::try_from(gap.as_micros()).unwrap_or(u64::MAX));
+            self.lost += gap;
+            self.wait_1ms += gap.saturating_sub(Duration::from_millis(1));
+            self.wait_5ms += gap.saturating_sub(Duration::from_millis(5));
+        }
+    }
+}
+
+/// This thread's involuntary context switches so far.
+fn preemptions() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn spin(run_for: Duration) -> Probe {
+    let mut probe = Probe::new();
+    let preempted_before = preemptions();
+    let start = Instant::now();
+    let end = start + run_for;
+    let mut prev = start;
+    loop {
+        let now = Instant::now();
+        probe.account(now - prev);
+        prev = now;
+        if now >= end {
+            probe.elapsed = now - start;
+            probe.preempted = preemptions()
+                .zip(preempted_before)
+                .map(|(a, b)| a.saturating_sub(b));
+            return probe;
+        }
+    }
+}
+
+impl Probe {
+    fn summary(&self, cpu: usize, steal_ticks: Option<u64>) -> CpuStalls {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let per_s = |floor_us: u64| {
+            self.gaps_us
+                .iter_recorded()
+                .filter(|v| v.value_iterated_to() >= floor_us)
+                .map(|v| v.count_at_value())
+                .sum::<u64>() as f64
+                / secs
+        };
+        let pct = |d: Duration| d.as_secs_f64() * 100.0 / secs;
+        // USER_HZ is 100 on every Linux architecture ringmq builds for.
+        let steal_pct = steal_ticks.map(|t| t as f64 / 100.0 * 100.0 / secs);
+        CpuStalls {
+            cpu,
+            seconds: secs,
+            over_100us_per_s: per_s(100),
+            over_1ms_per_s: per_s(1_000),
+            over_5ms_per_s: per_s(5_000),
+            longest_ms: self.gaps_us.max() as f64 / 1e3,
+            lost_pct: pct(self.lost),
+            wait_1ms_pct: pct(self.wait_1ms),
+            wait_5ms_pct: pct(self.wait_5ms),
+            steal_pct,
+            preempted_per_s: self.preempted.map(|n| n as f64 / secs),
+        }
+    }
+}
+
+/// Runs one pinned probe per allowed CPU, all at once, for `seconds`.
+pub fn measure(seconds: u64) -> Result<StallReport, StallError> {
+    let cpus = allowed_cpus()?;
+    let run_for = Duration::from_secs(seconds);
+    let steal_before = steal_ticks();
+    let probes: Vec<_> = cpus
+        .iter()
+        .map(|&cpu| {
+            std::thread::Builder::new()
+                .name(format!("stall-probe-{cpu}"))
+                .spawn(move || {
+                    let mut set = rustix::thread::CpuSet::new();
+                    set.set(cpu);
+                    rustix::thread::sched_setaffinity(None, &set).map_err(|e| StallError::Pin {
+                        cpu,
+                        source: e.into(),
+                    })?;
+                    Ok(spin(run_for))
+                })
+                .map_err(StallError::Thread)
+        })
+        .collect::<Result<_, _>>()?;
+    let mut done = Vec::new();
+    for (cpu, p) in cpus.iter().zip(probes) {
+        done.push((*cpu, p.join().map_err(|_| StallError::Panicked)??));
+    }
+    let steal_after = steal_ticks();
+    let steal_of = |cpu: usize| {
+        let find = |v: &[(usize, u64)]| v.iter().find(|(c, _)| *c == cpu).map(|(_, t)| *t);
+        Some(find(&steal_after)?.saturating_sub(find(&steal_before)?))
+    };
+    Ok(StallReport {
+        seconds,
+        cpus: done
+            .iter()
+            .map(|(cpu, p)| p.summary(*cpu, steal_of(*cpu)))
+            .collect(),
+    })
+}
+
+/// The Markdown table of a report.
+pub fn table(r: &StallReport) -> String {
+    let mut t = String::from(
+        "| CPU | gaps ≥ 0.1 ms /s | ≥ 1 ms /s | ≥ 5 ms /s | longest ms | time lost % | P(wait ≥ 1 ms) % | P(wait ≥ 5 ms) % | steal % | preempted /s |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for c in &r.cpus {
+        t += &format!(
+            "| {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {} | {} |\n",
+            c.cpu,
+            c.over_100us_per_s,
+            c.over_1ms_per_s,
+            c.over_5ms_per_s,
+            c.longest_ms,
+            c.lost_pct,
+            c.wait_1ms_pct,
+            c.wait_5ms_pct,
+            c.steal_pct
+                .map_or_else(|| "n/a".into(), |s| format!("{s:.1}")),
+            c.preempted_per_s
+                .map_or_else(|| "n/a".into(), |s| format!("{s:.1}")),
+        );
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_counter_of_each_cpu_line() {
+        let stat = "cpu  10 0 5 100 1 0 2 7 0 0\n\
+                    cpu0 1 2 3 4 5 6 7 8 9 10\n\
+                    cpu1 9 9 9 9 9 9 9 42\n\
+                    intr 12345\n";
+        assert_eq!(parse_steal(stat), vec![(0, 8), (1, 42)]);
+    }
+
+    #[test]
+    fn gaps_are_counted_by_length_and_their_excess_over_1_and_5_ms_summed() {
+        let mut p = Probe::new();
+        for us in [2, 5, 200, 3_000, 7_000] {
+            p.account(Duration::from_micros(us));
+        }
+        p.elapsed = Duration::from_secs(1);
+        p.preempted = Some(4);
+        let s = p.summary(3, Some(2));
+        assert_eq!(s.cpu, 3);
+        // 5 µs and 2 µs are the loop, not stalls.
+        assert_eq!(
+            (s.over_100us_per_s, s.over_1ms_per_s, s.over_5ms_per_s),
+            (3.0, 2.0, 1.0)
+        );
+        assert!((s.longest_ms - 7.0).abs() < 0.01, "{s:?}");
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // 10.2 ms lost of 1 s; waits past 1 ms: 2 + 6 ms; past 5 ms: 2 ms.
+        assert!(close(s.lost_pct, 1.02), "{s:?}");
+        assert!(close(s.wait_1ms_pct, 0.8), "{s:?}");
+        assert!(close(s.wait_5ms_pct, 0.2), "{s:?}");
+        // Two 10 ms ticks of steal in 1 s.
+        assert!(close(s.steal_pct.expect("steal"), 2.0), "{s:?}");
+        assert_eq!(s.preempted_per_s, Some(4.0));
+    }
+
+    #[test]
+    fn every_allowed_cpu_gets_a_probe_for_the_whole_run() {
+        let r = measure(1).expect("measure");
+        assert_eq!(r.cpus.len(), allowed_cpus().expect("cpus").len());
+        for c in &r.cpus {
+            assert!(c.seconds >= 1.0, "{c:?}");
+            assert!(c.lost_pct < 100.0, "{c:?}");
+        }
+        assert!(table(&r).lines().count() == 2 + r.cpus.len());
+    }
+}
