@@ -77,6 +77,8 @@ pub enum StallError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskFloorError {
+    #[error("--disk {0}: not a folder")]
+    NotAFolder(std::path::PathBuf),
     #[error("preparing {path}: {source}")]
     Dir {
         path: std::path::PathBuf,
@@ -100,6 +102,23 @@ pub struct DiskFloor {
     pub p999_us: f64,
     pub p9999_us: f64,
     pub max_us: f64,
+}
+
+/// Checks, before anything is measured, that `dir` is a folder and fio
+/// runs, so a run does not end in an error after the CPU probe.
+pub fn disk_ready(dir: &std::path::Path) -> Result<(), DiskFloorError> {
+    if !dir.is_dir() {
+        return Err(DiskFloorError::NotAFolder(dir.to_owned()));
+    }
+    std::process::Command::new("fio")
+        .arg("--version")
+        .output()
+        .map(drop)
+        .map_err(|e| {
+            DiskFloorError::Fio(format!(
+                "fio not runnable ({e}); install it with `apt-get install fio`"
+            ))
+        })
 }
 
 /// Runs fio: `jobs` jobs, each writing `write_kib` KiB sequentially with

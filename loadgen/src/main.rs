@@ -392,6 +392,9 @@ fn peer_supports(args: &RunArgs, w: &Workload) -> Result<(), String> {
 
 fn floor(args: &FloorArgs) -> Result<bool, String> {
     use ringmq_loadgen::floor;
+    if let Some(dir) = &args.disk {
+        floor::disk_ready(dir).map_err(|e| e.to_string())?;
+    }
     eprintln!(
         "probing every CPU for {} s (keep the machine otherwise idle)",
         args.seconds
