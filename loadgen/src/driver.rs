@@ -242,6 +242,7 @@ async fn produce(
     let keys = w.key_mode().unwrap_or(Keys::None);
     let rnd = Cell::new(0x9e37_79b9_7f4a_7c15 ^ u64::from(id + 1).wrapping_mul(0x2545_f491));
     let pacer = Pacer::new(&rec, rate, &w);
+    let mut payloads = crate::stats::PayloadArena::default();
     let mut seq = 0u64;
     while !ctl.stop.get() {
         if let Some(left) = ctl.remaining.get() {
@@ -256,7 +257,7 @@ async fn produce(
             seq,
             sent_us: intended_us,
         };
-        let mut msg = Message::new(stamp.payload(w.size));
+        let mut msg = Message::new(stamp.payload_in(w.size, &mut payloads));
         match keys {
             Keys::None => {}
             Keys::Random => msg = msg.with_key(format!("{:016x}", next_rand(&rnd))),

@@ -10,6 +10,31 @@ use std::time::Instant;
 
 const MAGIC: u32 = 0x524d_4c47; // "RMLG"
 
+/// Payloads cut from shared blocks: the producer copies each body into its
+/// batch, so a payload lives only until its batch is built or sent, and an
+/// allocation and a free per message (about a tenth of the producer
+/// thread's CPU at 670k msg/s of 100 B, with the per-message callback)
+/// become one per block. A block is freed once its last payload is.
+#[derive(Debug, Default)]
+pub struct PayloadArena {
+    block: bytes::BytesMut,
+}
+
+/// Bytes of one arena block (payloads bigger than this get their own).
+const ARENA_BLOCK_BYTES: usize = 64 << 10;
+
+impl PayloadArena {
+    /// `len` filler bytes with `stamp` written over their start.
+    fn carve(&mut self, len: usize, stamp: impl FnOnce(&mut [u8])) -> bytes::Bytes {
+        if self.block.capacity() < len {
+            self.block = bytes::BytesMut::with_capacity(ARENA_BLOCK_BYTES.max(len));
+        }
+        self.block.resize(len, b'x');
+        stamp(&mut self.block[..]);
+        self.block.split_to(len).freeze()
+    }
+}
+
 /// What every message carries at its start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
@@ -28,6 +53,16 @@ impl Stamp {
         v[8..16].copy_from_slice(&self.seq.to_le_bytes());
         v[16..24].copy_from_slice(&self.sent_us.to_le_bytes());
         v
+    }
+
+    /// The same payload as [`Stamp::payload`], carved out of `arena`.
+    pub fn payload_in(&self, size: usize, arena: &mut PayloadArena) -> bytes::Bytes {
+        arena.carve(size.max(24), |b| {
+            b[..4].copy_from_slice(&MAGIC.to_le_bytes());
+            b[4..8].copy_from_slice(&self.producer.to_le_bytes());
+            b[8..16].copy_from_slice(&self.seq.to_le_bytes());
+            b[16..24].copy_from_slice(&self.sent_us.to_le_bytes());
+        })
     }
 
     /// Reads a payload's stamp.
@@ -364,6 +399,14 @@ mod tests {
         let p = s.payload(100);
         assert_eq!(p.len(), 100);
         assert_eq!(Stamp::read(&p), Some(s));
+        // Carved from an arena: the same bytes, also past a block's end
+        // and for a payload bigger than a block.
+        let mut arena = PayloadArena::default();
+        for size in [100, 24, ARENA_BLOCK_BYTES - 10, 100, ARENA_BLOCK_BYTES + 1] {
+            let a = s.payload_in(size, &mut arena);
+            assert_eq!(&a[..], &s.payload(size)[..], "{size}");
+        }
+        assert_eq!(s.payload_in(3, &mut arena).len(), 24, "a stamp at least");
         assert_eq!(Stamp::read(b"hello"), None);
     }
 
