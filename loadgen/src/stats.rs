@@ -48,21 +48,21 @@ impl Stamp {
     /// A payload of `size` bytes starting with the stamp.
     pub fn payload(&self, size: usize) -> Vec<u8> {
         let mut v = vec![b'x'; size.max(24)];
-        v[..4].copy_from_slice(&MAGIC.to_le_bytes());
-        v[4..8].copy_from_slice(&self.producer.to_le_bytes());
-        v[8..16].copy_from_slice(&self.seq.to_le_bytes());
-        v[16..24].copy_from_slice(&self.sent_us.to_le_bytes());
+        self.write(&mut v);
         v
+    }
+
+    /// Writes the stamp over the first 24 bytes of `b`.
+    fn write(&self, b: &mut [u8]) {
+        b[..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4..8].copy_from_slice(&self.producer.to_le_bytes());
+        b[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        b[16..24].copy_from_slice(&self.sent_us.to_le_bytes());
     }
 
     /// The same payload as [`Stamp::payload`], carved out of `arena`.
     pub fn payload_in(&self, size: usize, arena: &mut PayloadArena) -> bytes::Bytes {
-        arena.carve(size.max(24), |b| {
-            b[..4].copy_from_slice(&MAGIC.to_le_bytes());
-            b[4..8].copy_from_slice(&self.producer.to_le_bytes());
-            b[8..16].copy_from_slice(&self.seq.to_le_bytes());
-            b[16..24].copy_from_slice(&self.sent_us.to_le_bytes());
-        })
+        arena.carve(size.max(24), |b| self.write(b))
     }
 
     /// Reads a payload's stamp.
