@@ -66,8 +66,13 @@ struct LogWrite {
     /// Bytes of the segment this write completes: everything before `end`
     /// is on disk once it (and every earlier write) has completed.
     end: u64,
+}
+
+impl LogWrite {
     /// Whether it ends mid-block (the next write rewrites that block).
-    partial: bool,
+    fn partial(&self) -> bool {
+        !self.end.is_multiple_of(BLOCK_BYTES)
+    }
 }
 
 /// The log writes in flight, by log position, oldest first: `written_pos`
@@ -272,7 +277,6 @@ impl<D: Disk> Flusher<D> {
             start: align_down(end),
             data: blocks.slice(last_block..last_block + BLOCK_BYTES as usize),
             end,
-            partial: true,
         });
         let write_len = (align_up(write_end) - file_start) as usize;
         let max_write = align_down(inner.cfg.max_write_bytes as u64).max(BLOCK_BYTES) as usize;
@@ -284,9 +288,8 @@ impl<D: Disk> Flusher<D> {
                 start: file_start + at as u64,
                 data: blocks.slice(at..at + n),
                 end: piece_end,
-                partial: piece_end % BLOCK_BYTES != 0,
             };
-            self.issue(inner, chunk.seg_start, write).await?;
+            self.issue(inner, write).await?;
             at += n;
         }
         if let Some(cursor) = self.segment.as_mut() {
@@ -329,25 +332,17 @@ impl<D: Disk> Flusher<D> {
 
     /// Writes the held-back partial block of the current segment, if any.
     async fn flush_held(&mut self, inner: &Rc<Inner<D>>) -> Result<(), StoreError> {
-        let Some(cursor) = self.segment.as_mut() else {
-            return Ok(());
-        };
-        let seg_start = cursor.seg_start;
-        if let Some(write) = cursor.held.take() {
-            self.issue(inner, seg_start, write).await?;
+        if let Some(write) = self.segment.as_mut().and_then(|c| c.held.take()) {
+            self.issue(inner, write).await?;
         }
         Ok(())
     }
 
-    /// Issues `write` as its own task once a write slot is free and any
-    /// earlier write to its first block is done. Its completion moves
-    /// `written_pos` (in order) and, in `async` mode, acknowledges.
-    async fn issue(
-        &mut self,
-        inner: &Rc<Inner<D>>,
-        seg_start: u64,
-        write: LogWrite,
-    ) -> Result<(), StoreError> {
+    /// Issues `write`, a write of the current segment, as its own task
+    /// once a write slot is free and any earlier write to its first block
+    /// is done. Its completion moves `written_pos` (in order) and, in
+    /// `async` mode, acknowledges.
+    async fn issue(&mut self, inner: &Rc<Inner<D>>, write: LogWrite) -> Result<(), StoreError> {
         if let Some(earlier) = self.partial_write.take() {
             let _ = earlier.await;
         }
@@ -360,9 +355,9 @@ impl<D: Disk> Flusher<D> {
             return Err(StoreError::Internal("segment cursor missing".into()));
         };
         let file = cursor.file.clone();
-        let end = seg_start + write.end;
+        let end = cursor.seg_start + write.end;
         let (partial_done, partial_wait) = oneshot::channel();
-        if write.partial {
+        if write.partial() {
             self.partial_write = Some(partial_wait);
         }
         self.writes.borrow_mut().ends.push_back((end, false));
