@@ -17,11 +17,10 @@
 //!
 //! One thread per allowed CPU, pinned there, reads the monotonic clock in
 //! a tight loop for the whole run. Any gap between two readings longer
-//! than [`GAP_FLOOR`] is time the thread did not run: it is recorded in a
-//! histogram, and the time inside gaps is summed. Run it on an otherwise
+//! than [`GAP_FLOOR`] is time the thread did not run: gaps are counted by
+//! length, and the time inside them is summed. Run it on an otherwise
 //! idle machine: any other runnable thread shows up as a stall too.
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -114,11 +113,7 @@ pub fn disk_ready(dir: &std::path::Path) -> Result<(), DiskFloorError> {
         .arg("--version")
         .output()
         .map(drop)
-        .map_err(|e| {
-            DiskFloorError::Fio(format!(
-                "fio not runnable ({e}); install it with `apt-get install fio`"
-            ))
-        })
+        .map_err(|e| DiskFloorError::Fio(crate::report::support::fio_not_runnable(&e)))
 }
 
 /// Runs fio: `jobs` jobs, each writing `write_kib` KiB sequentially with
@@ -224,9 +219,13 @@ fn parse_steal(stat: &str) -> Vec<(usize, u64)> {
 }
 
 /// What one probe thread measures, before it becomes a [`CpuStalls`].
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Probe {
-    gaps_us: Histogram<u64>,
+    /// Gaps of at least 100 µs, 1 ms and 5 ms.
+    over_100us: u64,
+    over_1ms: u64,
+    over_5ms: u64,
+    longest: Duration,
     lost: Duration,
     wait_1ms: Duration,
     wait_5ms: Duration,
@@ -235,25 +234,39 @@ struct Probe {
 }
 
 impl Probe {
-    fn new() -> Self {
-        Self {
-            gaps_us: crate::stats::histogram(),
-            lost: Duration::ZERO,
-            wait_1ms: Duration::ZERO,
-            wait_5ms: Duration::ZERO,
-            elapsed: Duration::ZERO,
-            preempted: None,
-        }
-    }
-
     /// One interval between two clock readings.
     fn account(&mut self, gap: Duration) {
-        if gap >= GAP_FLOOR {
-            self.gaps_us
-                .saturating_record(u64::try_from(gap.as_micros()).unwrap_or(u64::MAX));
-            self.lost += gap;
-            self.wait_1ms += gap.saturating_sub(Duration::from_millis(1));
-            self.wait_5ms += gap.saturating_sub(Duration::from_millis(5));
+        if gap < GAP_FLOOR {
+            return;
+        }
+        let (ms1, ms5) = (Duration::from_millis(1), Duration::from_millis(5));
+        self.over_100us += u64::from(gap >= Duration::from_micros(100));
+        self.over_1ms += u64::from(gap >= ms1);
+        self.over_5ms += u64::from(gap >= ms5);
+        self.longest = self.longest.max(gap);
+        self.lost += gap;
+        self.wait_1ms += gap.saturating_sub(ms1);
+        self.wait_5ms += gap.saturating_sub(ms5);
+    }
+
+    fn summary(&self, cpu: usize, steal_ticks: Option<u64>) -> CpuStalls {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let per_s = |n: u64| n as f64 / secs;
+        let pct = |d: Duration| d.as_secs_f64() * 100.0 / secs;
+        CpuStalls {
+            cpu,
+            seconds: secs,
+            over_100us_per_s: per_s(self.over_100us),
+            over_1ms_per_s: per_s(self.over_1ms),
+            over_5ms_per_s: per_s(self.over_5ms),
+            longest_ms: self.longest.as_secs_f64() * 1e3,
+            lost_pct: pct(self.lost),
+            wait_1ms_pct: pct(self.wait_1ms),
+            wait_5ms_pct: pct(self.wait_5ms),
+            // A tick is 10 ms (USER_HZ is 100 on every Linux architecture
+            // ringmq builds for): ticks per second are per cent.
+            steal_pct: steal_ticks.map(|t| t as f64 / secs),
+            preempted_per_s: self.preempted.map(per_s),
         }
     }
 }
@@ -270,7 +283,7 @@ fn preemptions() -> Option<u64> {
 }
 
 fn spin(run_for: Duration) -> Probe {
-    let mut probe = Probe::new();
+    let mut probe = Probe::default();
     let preempted_before = preemptions();
     let start = Instant::now();
     let end = start + run_for;
@@ -285,36 +298,6 @@ fn spin(run_for: Duration) -> Probe {
                 .zip(preempted_before)
                 .map(|(a, b)| a.saturating_sub(b));
             return probe;
-        }
-    }
-}
-
-impl Probe {
-    fn summary(&self, cpu: usize, steal_ticks: Option<u64>) -> CpuStalls {
-        let secs = self.elapsed.as_secs_f64().max(1e-9);
-        let per_s = |floor_us: u64| {
-            self.gaps_us
-                .iter_recorded()
-                .filter(|v| v.value_iterated_to() >= floor_us)
-                .map(|v| v.count_at_value())
-                .sum::<u64>() as f64
-                / secs
-        };
-        let pct = |d: Duration| d.as_secs_f64() * 100.0 / secs;
-        // USER_HZ is 100 on every Linux architecture ringmq builds for.
-        let steal_pct = steal_ticks.map(|t| t as f64 / 100.0 * 100.0 / secs);
-        CpuStalls {
-            cpu,
-            seconds: secs,
-            over_100us_per_s: per_s(100),
-            over_1ms_per_s: per_s(1_000),
-            over_5ms_per_s: per_s(5_000),
-            longest_ms: self.gaps_us.max() as f64 / 1e3,
-            lost_pct: pct(self.lost),
-            wait_1ms_pct: pct(self.wait_1ms),
-            wait_5ms_pct: pct(self.wait_5ms),
-            steal_pct,
-            preempted_per_s: self.preempted.map(|n| n as f64 / secs),
         }
     }
 }
@@ -400,7 +383,7 @@ mod tests {
 
     #[test]
     fn gaps_are_counted_by_length_and_their_excess_over_1_and_5_ms_summed() {
-        let mut p = Probe::new();
+        let mut p = Probe::default();
         for us in [2, 5, 200, 3_000, 7_000] {
             p.account(Duration::from_micros(us));
         }

@@ -144,6 +144,11 @@ pub fn out_dir(out: &Path) -> PathBuf {
     }
 }
 
+/// What to tell a user whose fio could not be started.
+pub fn fio_not_runnable(e: &std::io::Error) -> String {
+    format!("fio not runnable ({e}); install it with `apt-get install fio`")
+}
+
 /// Runs fio in `dir` with `args` and returns its JSON report.
 pub fn fio(dir: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
     let out = std::process::Command::new("fio")
@@ -151,7 +156,7 @@ pub fn fio(dir: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
         .args(args)
         .arg("--output-format=json")
         .output()
-        .map_err(|e| format!("fio not runnable ({e}); install it with `apt-get install fio`"))?;
+        .map_err(|e| fio_not_runnable(&e))?;
     if !out.status.success() {
         return Err(format!(
             "fio failed: {}",
