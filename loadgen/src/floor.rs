@@ -7,7 +7,15 @@
 //!   direct writes shaped like a shard's log writes, one at a time per job.
 //!   An `async` send is acknowledged once its write completed, so no
 //!   percentile of publish latency can be below that percentile of the
-//!   disk's write latency.
+//!   disk's write latency;
+//! - **the request path** (with `--disk DIR`): the least any broker could
+//!   do for an `async` send on this host. A paced client sends requests
+//!   over loopback TCP to a server thread pinned to another CPU, which
+//!   writes each with one direct write (blocking, in its own thread: no
+//!   queueing, no batching, no hand-off) and then replies; latency runs
+//!   from the request's intended send time, as loadgen's does. It adds up
+//!   what the disk and the CPUs add along one publish: every wake-up on
+//!   the way is another chance to meet a stall.
 //!
 //! On a virtual machine the hypervisor preempts whole vCPUs; on a shared
 //! host other work and interrupts do the same. No broker can answer a
@@ -22,6 +30,7 @@
 //! idle machine: any other runnable thread shows up as a stall too.
 
 use serde::Serialize;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 /// Gaps shorter than this are the loop itself (a clock read is tens of ns)
@@ -85,6 +94,32 @@ pub enum DiskFloorError {
     },
     #[error("{0}")]
     Fio(String),
+    #[error("request path probe: {what}: {source}")]
+    Path {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("a request path probe thread panicked")]
+    PathPanicked,
+}
+
+/// What the request-path probe measured: latency from each request's
+/// intended send time until its reply, all pairs merged.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathFloor {
+    /// Client/server pairs, each server pinned to its own CPU where there
+    /// are enough (one per shard).
+    pub pairs: u64,
+    pub request_kib: u64,
+    pub requests_per_s_per_pair: u64,
+    pub seconds: u64,
+    pub requests_per_s: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub p9999_us: f64,
+    pub max_us: f64,
 }
 
 /// What fio measured for direct writes of one size at a fixed rate.
@@ -172,6 +207,220 @@ pub fn disk(
     })
 }
 
+/// Requests before this much of a path probe has passed are not counted
+/// (connection set-up, first allocations of the file's blocks' metadata).
+const PATH_WARMUP: Duration = Duration::from_millis(500);
+
+/// Largest file a path server writes into before it starts over at its
+/// beginning (overwriting written blocks from then on).
+const PATH_FILE_MAX: u64 = 1 << 30;
+
+/// Runs `pairs` client/server pairs for `seconds` (plus a short warm-up):
+/// each client sends `request_kib` KiB requests at `per_s` a second over
+/// loopback TCP; its server, pinned to CPU `pair % cpus`, writes each
+/// request with one O_DIRECT write into a fallocated file under `dir`
+/// (removed afterwards) and replies with 8 bytes. The client is pinned to
+/// the next CPU. Latency is measured from each request's intended send
+/// time, so a reply that came late delays the requests behind it and
+/// they count it too (no coordinated omission).
+pub fn round_trip(
+    dir: &std::path::Path,
+    seconds: u64,
+    request_kib: u64,
+    per_s: u64,
+    pairs: u64,
+) -> Result<PathFloor, DiskFloorError> {
+    let io = |what: &'static str| move |source| DiskFloorError::Path { what, source };
+    let cpus = allowed_cpus().map_err(|e| DiskFloorError::Path {
+        what: "reading this process's CPU set",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let work = dir.join(format!("ringmq-floor-path-{}", std::process::id()));
+    std::fs::create_dir(&work).map_err(|source| DiskFloorError::Dir {
+        path: work.clone(),
+        source,
+    })?;
+    let request = (request_kib * 1024) as usize;
+    let write_len = request.next_multiple_of(4096);
+    let run_for = PATH_WARMUP + Duration::from_secs(seconds);
+    let file_len = (write_len as u64 * per_s.max(1) * (seconds + 1)).clamp(
+        write_len as u64,
+        PATH_FILE_MAX / write_len as u64 * write_len as u64,
+    );
+    let result = (|| {
+        let mut threads = Vec::new();
+        for pair in 0..pairs as usize {
+            let listener =
+                std::net::TcpListener::bind("127.0.0.1:0").map_err(io("binding loopback"))?;
+            let addr = listener.local_addr().map_err(io("binding loopback"))?;
+            let file = work.join(format!("pair-{pair}"));
+            let server_cpu = cpus[pair % cpus.len()];
+            let client_cpu = cpus[(pair + 1) % cpus.len()];
+            let server = std::thread::Builder::new()
+                .name(format!("path-server-{pair}"))
+                .spawn(move || {
+                    pin_to(server_cpu).map_err(io("pinning the server"))?;
+                    serve(&listener, &file, request, write_len, file_len)
+                })
+                .map_err(io("starting a thread"))?;
+            let client = std::thread::Builder::new()
+                .name(format!("path-client-{pair}"))
+                .spawn(move || {
+                    pin_to(client_cpu).map_err(io("pinning the client"))?;
+                    drive(addr, request, per_s, run_for)
+                })
+                .map_err(io("starting a thread"))?;
+            threads.push((server, client, addr));
+        }
+        let mut all = path_histogram();
+        let mut first_error = None;
+        for (server, client, addr) in threads {
+            // The client ends first; its server then sees the connection
+            // close (or fails on its own, and so does the client).
+            let c = client.join().map_err(|_| DiskFloorError::PathPanicked)?;
+            if c.is_err() {
+                // A client that failed before connecting leaves its server
+                // waiting in accept: a connection that closes at once ends it.
+                let _ = std::net::TcpStream::connect(addr);
+            }
+            let s = server.join().map_err(|_| DiskFloorError::PathPanicked)?;
+            match (c, s) {
+                (Ok(h), Ok(())) => all.add(h).map_err(|e| DiskFloorError::Path {
+                    what: "merging histograms",
+                    source: std::io::Error::other(e.to_string()),
+                })?,
+                (_, Err(e)) | (Err(e), _) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(all),
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    let h = result?;
+    let us = |q: f64| h.value_at_quantile(q) as f64;
+    Ok(PathFloor {
+        pairs,
+        request_kib,
+        requests_per_s_per_pair: per_s,
+        seconds,
+        requests_per_s: h.len() as f64 / seconds.max(1) as f64,
+        p50_us: us(0.5),
+        p90_us: us(0.9),
+        p99_us: us(0.99),
+        p999_us: us(0.999),
+        p9999_us: us(0.9999),
+        max_us: h.max() as f64,
+    })
+}
+
+fn path_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
+}
+
+/// The path server: for each request, one direct write, then the reply.
+fn serve(
+    listener: &std::net::TcpListener,
+    file: &std::path::Path,
+    request: usize,
+    write_len: usize,
+    file_len: u64,
+) -> Result<(), DiskFloorError> {
+    use rustix::fs::{FallocateFlags, Mode, OFlags};
+    let io = |what: &'static str| move |source| DiskFloorError::Path { what, source };
+    let (mut sock, _) = listener.accept().map_err(io("accepting the client"))?;
+    sock.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
+    let fd = rustix::fs::open(
+        file,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::DIRECT | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| io("opening the file with O_DIRECT")(e.into()))?;
+    rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, file_len)
+        .map_err(|e| io("fallocate")(e.into()))?;
+    // O_DIRECT wants a block-aligned address.
+    let mut buf = vec![0u8; write_len + 4095];
+    let skip = buf.as_ptr().align_offset(4096);
+    let block = &mut buf[skip..skip + write_len];
+    let mut at = 0u64;
+    loop {
+        match sock.read_exact(&mut block[..request]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(io("reading a request")(e)),
+        }
+        let mut done = 0;
+        while done < write_len {
+            let n = rustix::io::pwrite(&fd, &block[done..], at + done as u64)
+                .map_err(|e| io("writing")(e.into()))?;
+            if n == 0 {
+                return Err(io("writing")(std::io::ErrorKind::WriteZero.into()));
+            }
+            done += n;
+        }
+        at = (at + write_len as u64) % file_len;
+        sock.write_all(&[1; 8]).map_err(io("replying"))?;
+    }
+}
+
+/// The path client: requests on a fixed schedule, each timed from when it
+/// was due.
+fn drive(
+    addr: std::net::SocketAddr,
+    request: usize,
+    per_s: u64,
+    run_for: Duration,
+) -> Result<hdrhistogram::Histogram<u64>, DiskFloorError> {
+    let io = |what: &'static str| move |source| DiskFloorError::Path { what, source };
+    // Sleeps end when due, not up to 50 µs later (the default timer
+    // slack): loadgen's producers pace on timerfds, which have none.
+    rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1))
+        .map_err(|e| io("setting the timer slack")(e.into()))?;
+    let mut sock = std::net::TcpStream::connect(addr).map_err(io("connecting"))?;
+    sock.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
+    let (req, mut reply) = (vec![0x5a_u8; request], [0u8; 8]);
+    let mut h = path_histogram();
+    let start = Instant::now();
+    let (measure_from, end) = (start + PATH_WARMUP, start + run_for);
+    for i in 0u64.. {
+        let due = start + Duration::from_nanos(i * 1_000_000_000 / per_s.max(1));
+        if due >= end {
+            break;
+        }
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        sock.write_all(&req).map_err(io("sending a request"))?;
+        sock.read_exact(&mut reply).map_err(io("reading a reply"))?;
+        if due >= measure_from {
+            h.saturating_record((due.elapsed().as_micros() as u64).max(1));
+        }
+    }
+    Ok(h)
+}
+
+/// The Markdown table of a request-path probe.
+pub fn path_table(p: &PathFloor) -> String {
+    format!(
+        "| requests | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | p99.99 ms | max ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {} pair(s) x {} KiB over loopback TCP, each written directly, then answered, {}/s each | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+        p.pairs,
+        p.request_kib,
+        p.requests_per_s_per_pair,
+        p.requests_per_s,
+        p.p50_us / 1e3,
+        p.p90_us / 1e3,
+        p.p99_us / 1e3,
+        p.p999_us / 1e3,
+        p.p9999_us / 1e3,
+        p.max_us / 1e3,
+    )
+}
+
 /// The Markdown table of a disk probe.
 pub fn disk_table(d: &DiskFloor) -> String {
     format!(
@@ -198,6 +447,13 @@ fn allowed_cpus() -> Result<Vec<usize>, StallError> {
     Ok((0..rustix::thread::CpuSet::MAX_CPU)
         .filter(|&c| set.is_set(c))
         .collect())
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).map_err(Into::into)
 }
 
 /// Per-CPU cumulative steal ticks from `/proc/stat`, by CPU number.
@@ -313,12 +569,7 @@ pub fn measure(seconds: u64) -> Result<StallReport, StallError> {
             std::thread::Builder::new()
                 .name(format!("stall-probe-{cpu}"))
                 .spawn(move || {
-                    let mut set = rustix::thread::CpuSet::new();
-                    set.set(cpu);
-                    rustix::thread::sched_setaffinity(None, &set).map_err(|e| StallError::Pin {
-                        cpu,
-                        source: e.into(),
-                    })?;
+                    pin_to(cpu).map_err(|source| StallError::Pin { cpu, source })?;
                     Ok(spin(run_for))
                 })
                 .map_err(StallError::Thread)
@@ -405,6 +656,27 @@ mod tests {
         // Two 10 ms ticks of steal in 1 s.
         assert!(close(s.steal_pct.expect("steal"), 2.0), "{s:?}");
         assert_eq!(s.preempted_per_s, Some(4.0));
+    }
+
+    #[test]
+    fn the_request_path_answers_every_request_on_schedule_and_cleans_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = round_trip(dir.path(), 1, 8, 300, 2).expect("round trip");
+        // Two pairs at 300 a second for 1 s (the warm-up not counted).
+        assert!((500.0..=600.0).contains(&p.requests_per_s), "{p:?}");
+        assert!(
+            0.0 < p.p50_us && p.p50_us <= p.p99_us && p.p99_us <= p.max_us,
+            "{p:?}"
+        );
+        assert!(path_table(&p).lines().count() == 3);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+        // A folder that is not there is refused, not created.
+        let missing = dir.path().join("missing");
+        assert!(matches!(
+            round_trip(&missing, 1, 8, 300, 1),
+            Err(DiskFloorError::Dir { .. })
+        ));
+        assert!(!missing.exists());
     }
 
     #[test]

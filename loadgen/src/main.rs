@@ -41,16 +41,17 @@ struct FloorArgs {
     /// Seconds of each probe (every CPU at once, then the disk).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     seconds: u64,
-    /// Also time direct writes into this folder with fio (the broker's data disk).
+    /// Also time direct writes into this folder with fio, then the request
+    /// path (TCP, one direct write, reply) into it (the broker's data disk).
     #[arg(long, value_name = "DIR")]
     disk: Option<PathBuf>,
-    /// --disk: size of each write, KiB (a shard's log write under load).
+    /// --disk: size of each write and request, KiB (a shard's log write under load).
     #[arg(long, default_value_t = 36, value_parser = clap::value_parser!(u64).range(4..=65536))]
     write_kib: u64,
-    /// --disk: writes a second per job.
+    /// --disk: writes (and requests) a second per job (and pair).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     writes_per_sec: u64,
-    /// --disk: jobs writing at once (one per shard).
+    /// --disk: jobs writing at once, and request path pairs (one per shard).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     disk_jobs: u64,
     #[command(flatten)]
@@ -422,6 +423,23 @@ fn floor(args: &FloorArgs) -> Result<bool, String> {
             )
             .map_err(|e| e.to_string())?;
             println!("{}", floor::disk_table(&d));
+            eprintln!(
+                "timing the request path: {} pair(s), {} x {} KiB requests a second each, over loopback TCP into {} for {} s",
+                args.disk_jobs,
+                args.writes_per_sec,
+                args.write_kib,
+                dir.display(),
+                args.seconds
+            );
+            let p = floor::round_trip(
+                dir,
+                args.seconds,
+                args.write_kib,
+                args.writes_per_sec,
+                args.disk_jobs,
+            )
+            .map_err(|e| e.to_string())?;
+            println!("{}", floor::path_table(&p));
             reproduce += &format!(
                 " --disk {} --write-kib {} --writes-per-sec {} --disk-jobs {}",
                 dir.display(),
@@ -429,7 +447,7 @@ fn floor(args: &FloorArgs) -> Result<bool, String> {
                 args.writes_per_sec,
                 args.disk_jobs
             );
-            Some(d)
+            Some((d, p))
         }
     };
     if let Some(dir) = &args.common.report {

@@ -378,18 +378,24 @@ pub fn write_floor(
     dir: &Path,
     name: &str,
     cpu: &crate::floor::StallReport,
-    disk: Option<&crate::floor::DiskFloor>,
+    disk: Option<&(crate::floor::DiskFloor, crate::floor::PathFloor)>,
     reproduce: &str,
 ) -> std::io::Result<std::path::PathBuf> {
     let started = support::utc_stamp();
     let commit = support::git_commit();
     let machine = support::machine();
-    let disk_md = disk.map_or_else(String::new, |d| {
+    let disk_md = disk.map_or_else(String::new, |(d, p)| {
         format!(
             "## disk: direct-write completion latency (fio, io_uring)\n\n{}\n\
              An `async` send is acknowledged once the write holding it completed: publish latency cannot be \
-             below these percentiles.\n\n",
-            crate::floor::disk_table(d)
+             below these percentiles.\n\n\
+             ## request path: paced requests, each written directly, then answered\n\n{}\n\
+             The least any broker could do for an `async` send here: a client pinned to one CPU sends each request \
+             over loopback TCP when it is due; a server pinned to another writes it with one blocking O_DIRECT write \
+             into a fallocated file and replies. No batching, queueing or hand-off between threads. Latency is \
+             from the intended send time, as loadgen's publish latency.\n\n",
+            crate::floor::disk_table(d),
+            crate::floor::path_table(p)
         )
     });
     let md = format!(
@@ -417,7 +423,8 @@ pub fn write_floor(
         "gap_floor_us": crate::floor::GAP_FLOOR.as_micros() as u64,
         "seconds": cpu.seconds,
         "cpus": cpu.cpus,
-        "disk": disk,
+        "disk": disk.map(|(d, _)| d),
+        "request_path": disk.map(|(_, p)| p),
     });
     support::write_report(
         dir,

@@ -133,7 +133,7 @@ fn an_ack_log_is_verified_against_the_topic() {
 }
 
 #[test]
-fn floor_reports_cpu_stalls_and_the_disk_write_latency_or_says_fio_is_missing() {
+fn floor_reports_cpu_stalls_disk_write_and_request_path_latency_or_says_fio_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("results");
     let data = dir.path().join("data");
@@ -181,7 +181,19 @@ fn floor_reports_cpu_stalls_and_the_disk_write_latency_or_says_fio_is_missing() 
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{disk}");
     // Two jobs at 200 writes/s each, for a second.
     assert!(disk["writes_per_s"].as_f64().unwrap() > 100.0, "{disk}");
-    // fio's files went with its folder.
+    // The request path: two pairs at 200 requests/s each, every one
+    // answered after its write.
+    let path = &v["request_path"];
+    let (p50, p99, max) = (
+        path["p50_us"].as_f64().unwrap(),
+        path["p99_us"].as_f64().unwrap(),
+        path["max_us"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{path}");
+    assert_eq!(path["pairs"].as_u64(), Some(2), "{path}");
+    assert!(path["requests_per_s"].as_f64().unwrap() > 100.0, "{path}");
+    assert!(stdout.contains("over loopback TCP"), "{stdout}");
+    // fio's files and the path probe's went with their folders.
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
 
     // A data folder that is not there is refused, not created.
