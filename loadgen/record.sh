@@ -2,7 +2,7 @@
 # Records issue #7's benchmark results into bench-results/ (about 40 minutes):
 #   1. max throughput, async, 100 B and 1 KiB, 1 topic x 8 queues, 2 shards
 #   2. latency at 50 % of that maximum, after `floor` measured the host's
-#      own CPU stalls and disk write latency
+#      own CPU stalls, disk write latency and bare request path
 #   3. the same with sync flush
 #   4. compare with NATS JetStream and Redis Streams (installed if missing)
 #   5. backlog: BACKLOG (default 100M) x 100 B stored, then a fixed rate while
@@ -25,8 +25,10 @@ median_rate() { # the median published msg/s of the last repeat summary for a na
 }
 if want latency; then
     # The host's own floor under the latency runs, measured just before
-    # them: CPU stalls, and direct writes shaped like a shard's log writes
-    # under the half-rate load (about 36 KiB, ~1000 a second per shard).
+    # them: CPU stalls, direct writes shaped like a shard's log writes
+    # under the half-rate load (about 36 KiB, ~1000 a second per shard),
+    # and requests of that shape over loopback TCP, each written, then
+    # answered, with no broker code in the way.
     command -v fio >/dev/null || (apt-get update -qq && apt-get install -y -qq fio) || true
     disk=(--disk "${RINGMQ_LOADGEN_DIR:-/var/tmp}" --write-kib 36 --writes-per-sec 1000 --disk-jobs 2)
     command -v fio >/dev/null || { echo "no fio: the floor has no disk part"; disk=(); }
