@@ -103,6 +103,29 @@ pub enum DiskFloorError {
     PathPanicked,
 }
 
+/// The shape of the disk and request-path probes: `jobs` writers (or
+/// client/server pairs), one per shard, each doing `per_s` writes (or
+/// requests) of `write_kib` KiB a second for `seconds`, in `dir`.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskShape<'a> {
+    pub dir: &'a std::path::Path,
+    pub seconds: u64,
+    pub write_kib: u64,
+    pub per_s: u64,
+    pub jobs: u64,
+}
+
+/// Latency percentiles of a probe, µs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latencies {
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub p9999_us: f64,
+    pub max_us: f64,
+}
+
 /// What the request-path probe measured: latency from each request's
 /// intended send time until its reply, all pairs merged.
 #[derive(Debug, Clone, Serialize)]
@@ -114,12 +137,8 @@ pub struct PathFloor {
     pub requests_per_s_per_pair: u64,
     pub seconds: u64,
     pub requests_per_s: f64,
-    pub p50_us: f64,
-    pub p90_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub p9999_us: f64,
-    pub max_us: f64,
+    #[serde(flatten)]
+    pub latency: Latencies,
 }
 
 /// What fio measured for direct writes of one size at a fixed rate.
@@ -130,12 +149,8 @@ pub struct DiskFloor {
     pub writes_per_s_per_job: u64,
     pub seconds: u64,
     pub writes_per_s: f64,
-    pub p50_us: f64,
-    pub p90_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub p9999_us: f64,
-    pub max_us: f64,
+    #[serde(flatten)]
+    pub latency: Latencies,
 }
 
 /// Checks, before anything is measured, that `dir` is a folder and fio
@@ -155,13 +170,14 @@ pub fn disk_ready(dir: &std::path::Path) -> Result<(), DiskFloorError> {
 /// O_DIRECT through io_uring, one write at a time, `per_s` writes a
 /// second, for `seconds`, into fallocated files in a fresh folder under
 /// `dir` (removed afterwards).
-pub fn disk(
-    dir: &std::path::Path,
-    seconds: u64,
-    write_kib: u64,
-    per_s: u64,
-    jobs: u64,
-) -> Result<DiskFloor, DiskFloorError> {
+pub fn disk(shape: &DiskShape<'_>) -> Result<DiskFloor, DiskFloorError> {
+    let DiskShape {
+        dir,
+        seconds,
+        write_kib,
+        per_s,
+        jobs,
+    } = *shape;
     let work = dir.join(format!("ringmq-floor-{}", std::process::id()));
     // `create_dir`, not `create_dir_all`: a mistyped DIR is an error, not
     // a new folder tree on some other disk.
@@ -198,12 +214,14 @@ pub fn disk(
         writes_per_s_per_job: per_s,
         seconds,
         writes_per_s: w["iops"].as_f64().ok_or_else(missing)?,
-        p50_us: pct("50.000000").ok_or_else(missing)?,
-        p90_us: pct("90.000000").ok_or_else(missing)?,
-        p99_us: pct("99.000000").ok_or_else(missing)?,
-        p999_us: pct("99.900000").ok_or_else(missing)?,
-        p9999_us: pct("99.990000").ok_or_else(missing)?,
-        max_us: clat["max"].as_f64().ok_or_else(missing)? / 1e3,
+        latency: Latencies {
+            p50_us: pct("50.000000").ok_or_else(missing)?,
+            p90_us: pct("90.000000").ok_or_else(missing)?,
+            p99_us: pct("99.000000").ok_or_else(missing)?,
+            p999_us: pct("99.900000").ok_or_else(missing)?,
+            p9999_us: pct("99.990000").ok_or_else(missing)?,
+            max_us: clat["max"].as_f64().ok_or_else(missing)? / 1e3,
+        },
     })
 }
 
@@ -223,13 +241,14 @@ const PATH_FILE_MAX: u64 = 1 << 30;
 /// the next CPU. Latency is measured from each request's intended send
 /// time, so a reply that came late delays the requests behind it and
 /// they count it too (no coordinated omission).
-pub fn round_trip(
-    dir: &std::path::Path,
-    seconds: u64,
-    request_kib: u64,
-    per_s: u64,
-    pairs: u64,
-) -> Result<PathFloor, DiskFloorError> {
+pub fn round_trip(shape: &DiskShape<'_>) -> Result<PathFloor, DiskFloorError> {
+    let DiskShape {
+        dir,
+        seconds,
+        write_kib: request_kib,
+        per_s,
+        jobs: pairs,
+    } = *shape;
     let io = |what: &'static str| move |source| DiskFloorError::Path { what, source };
     let cpus = allowed_cpus().map_err(|e| DiskFloorError::Path {
         what: "reading this process's CPU set",
@@ -308,12 +327,14 @@ pub fn round_trip(
         requests_per_s_per_pair: per_s,
         seconds,
         requests_per_s: h.len() as f64 / seconds.max(1) as f64,
-        p50_us: us(0.5),
-        p90_us: us(0.9),
-        p99_us: us(0.99),
-        p999_us: us(0.999),
-        p9999_us: us(0.9999),
-        max_us: h.max() as f64,
+        latency: Latencies {
+            p50_us: us(0.5),
+            p90_us: us(0.9),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            p9999_us: us(0.9999),
+            max_us: h.max() as f64,
+        },
     })
 }
 
@@ -404,39 +425,42 @@ fn drive(
 
 /// The Markdown table of a request-path probe.
 pub fn path_table(p: &PathFloor) -> String {
-    format!(
-        "| requests | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | p99.99 ms | max ms |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n\
-         | {} pair(s) x {} KiB over loopback TCP, each written directly, then answered, {}/s each | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
-        p.pairs,
-        p.request_kib,
-        p.requests_per_s_per_pair,
+    latency_table(
+        "requests",
+        &format!(
+            "{} pair(s) x {} KiB over loopback TCP, each written directly, then answered, {}/s each",
+            p.pairs, p.request_kib, p.requests_per_s_per_pair
+        ),
         p.requests_per_s,
-        p.p50_us / 1e3,
-        p.p90_us / 1e3,
-        p.p99_us / 1e3,
-        p.p999_us / 1e3,
-        p.p9999_us / 1e3,
-        p.max_us / 1e3,
+        &p.latency,
     )
 }
 
 /// The Markdown table of a disk probe.
 pub fn disk_table(d: &DiskFloor) -> String {
-    format!(
-        "| writes | writes/s | p50 ms | p90 ms | p99 ms | p99.9 ms | p99.99 ms | max ms |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n\
-         | {} job(s) x {} KiB, one at a time, {}/s each | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
-        d.jobs,
-        d.write_kib,
-        d.writes_per_s_per_job,
+    latency_table(
+        "writes",
+        &format!(
+            "{} job(s) x {} KiB, one at a time, {}/s each",
+            d.jobs, d.write_kib, d.writes_per_s_per_job
+        ),
         d.writes_per_s,
-        d.p50_us / 1e3,
-        d.p90_us / 1e3,
-        d.p99_us / 1e3,
-        d.p999_us / 1e3,
-        d.p9999_us / 1e3,
-        d.max_us / 1e3,
+        &d.latency,
+    )
+}
+
+/// One row of `what`, its rate a second and percentiles in ms, under a header.
+fn latency_table(what: &str, row: &str, per_s: f64, l: &Latencies) -> String {
+    format!(
+        "| {what} | {what}/s | p50 ms | p90 ms | p99 ms | p99.9 ms | p99.99 ms | max ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {row} | {per_s:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+        l.p50_us / 1e3,
+        l.p90_us / 1e3,
+        l.p99_us / 1e3,
+        l.p999_us / 1e3,
+        l.p9999_us / 1e3,
+        l.max_us / 1e3,
     )
 }
 
@@ -661,19 +685,31 @@ mod tests {
     #[test]
     fn the_request_path_answers_every_request_on_schedule_and_cleans_up() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = round_trip(dir.path(), 1, 8, 300, 2).expect("round trip");
+        let shape = DiskShape {
+            dir: dir.path(),
+            seconds: 1,
+            write_kib: 8,
+            per_s: 300,
+            jobs: 2,
+        };
+        let p = round_trip(&shape).expect("round trip");
         // Two pairs at 300 a second for 1 s (the warm-up not counted).
         assert!((500.0..=600.0).contains(&p.requests_per_s), "{p:?}");
+        let l = &p.latency;
         assert!(
-            0.0 < p.p50_us && p.p50_us <= p.p99_us && p.p99_us <= p.max_us,
+            0.0 < l.p50_us && l.p50_us <= l.p99_us && l.p99_us <= l.max_us,
             "{p:?}"
         );
         assert!(path_table(&p).lines().count() == 3);
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
         // A folder that is not there is refused, not created.
         let missing = dir.path().join("missing");
+        let shape = DiskShape {
+            dir: &missing,
+            ..shape
+        };
         assert!(matches!(
-            round_trip(&missing, 1, 8, 300, 1),
+            round_trip(&shape),
             Err(DiskFloorError::Dir { .. })
         ));
         assert!(!missing.exists());

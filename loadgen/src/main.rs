@@ -406,46 +406,32 @@ fn floor(args: &FloorArgs) -> Result<bool, String> {
     let disk = match &args.disk {
         None => None,
         Some(dir) => {
+            let shape = floor::DiskShape {
+                dir,
+                seconds: args.seconds,
+                write_kib: args.write_kib,
+                per_s: args.writes_per_sec,
+                jobs: args.disk_jobs,
+            };
             eprintln!(
                 "timing {} x {} KiB direct writes a second, {} job(s), in {} for {} s (fio)",
-                args.writes_per_sec,
-                args.write_kib,
-                args.disk_jobs,
+                shape.per_s,
+                shape.write_kib,
+                shape.jobs,
                 dir.display(),
-                args.seconds
+                shape.seconds
             );
-            let d = floor::disk(
-                dir,
-                args.seconds,
-                args.write_kib,
-                args.writes_per_sec,
-                args.disk_jobs,
-            )
-            .map_err(|e| e.to_string())?;
+            let d = floor::disk(&shape).map_err(|e| e.to_string())?;
             println!("{}", floor::disk_table(&d));
-            eprintln!(
-                "timing the request path: {} pair(s), {} x {} KiB requests a second each, over loopback TCP into {} for {} s",
-                args.disk_jobs,
-                args.writes_per_sec,
-                args.write_kib,
-                dir.display(),
-                args.seconds
-            );
-            let p = floor::round_trip(
-                dir,
-                args.seconds,
-                args.write_kib,
-                args.writes_per_sec,
-                args.disk_jobs,
-            )
-            .map_err(|e| e.to_string())?;
+            eprintln!("timing the request path the same way: one client/server pair per job, over loopback TCP");
+            let p = floor::round_trip(&shape).map_err(|e| e.to_string())?;
             println!("{}", floor::path_table(&p));
             reproduce += &format!(
                 " --disk {} --write-kib {} --writes-per-sec {} --disk-jobs {}",
                 dir.display(),
-                args.write_kib,
-                args.writes_per_sec,
-                args.disk_jobs
+                shape.write_kib,
+                shape.per_s,
+                shape.jobs
             );
             Some((d, p))
         }
