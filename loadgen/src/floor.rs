@@ -11,8 +11,9 @@
 //! - **the request path** (with `--disk DIR`): the least any broker could
 //!   do for an `async` send on this host. A paced client sends requests
 //!   over loopback TCP to a server thread pinned to another CPU, which
-//!   writes each with one direct write (blocking, in its own thread: no
-//!   queueing, no batching, no hand-off) and then replies; latency runs
+//!   writes each with one direct write over already written blocks
+//!   (blocking, in its own thread: no queueing, no batching, no hand-off)
+//!   and then replies; latency runs
 //!   from the request's intended send time, as loadgen's does. It adds up
 //!   what the disk and the CPUs add along one publish: every wake-up on
 //!   the way is another chance to meet a stall.
@@ -226,19 +227,22 @@ pub fn disk(shape: &DiskShape<'_>) -> Result<DiskFloor, DiskFloorError> {
 }
 
 /// Requests before this much of a path probe has passed are not counted
-/// (connection set-up, first allocations of the file's blocks' metadata).
+/// (connection set-up, first touches of the file's pages and blocks).
 const PATH_WARMUP: Duration = Duration::from_millis(500);
 
-/// Largest file a path server writes into before it starts over at its
-/// beginning (overwriting written blocks from then on).
-const PATH_FILE_MAX: u64 = 1 << 30;
+/// The file a path server writes into, over and over: written through once
+/// before the first request, so every request's write overwrites written
+/// blocks, the cheapest write a log can do (a recycled segment). A fresh,
+/// fallocated one would add an extent conversion, and the journal commit
+/// behind it, to writes of the probe that a broker can avoid.
+const PATH_FILE_BYTES: u64 = 64 << 20;
 
 /// Runs `pairs` client/server pairs for `seconds` (plus a short warm-up):
 /// each client sends `request_kib` KiB requests at `per_s` a second over
 /// loopback TCP; its server, pinned to CPU `pair % cpus`, writes each
-/// request with one O_DIRECT write into a fallocated file under `dir`
-/// (removed afterwards) and replies with 8 bytes. The client is pinned to
-/// the next CPU. Latency is measured from each request's intended send
+/// request with one O_DIRECT write into a written-through file under
+/// `dir` (removed afterwards) and replies with 8 bytes. The client is
+/// pinned to the next CPU and starts its schedule once its server is ready. Latency is measured from each request's intended send
 /// time, so a reply that came late delays the requests behind it and
 /// they count it too (no coordinated omission).
 pub fn round_trip(shape: &DiskShape<'_>) -> Result<PathFloor, DiskFloorError> {
@@ -262,10 +266,7 @@ pub fn round_trip(shape: &DiskShape<'_>) -> Result<PathFloor, DiskFloorError> {
     let request = (request_kib * 1024) as usize;
     let write_len = request.next_multiple_of(4096);
     let run_for = PATH_WARMUP + Duration::from_secs(seconds);
-    let file_len = (write_len as u64 * per_s.max(1) * (seconds + 1)).clamp(
-        write_len as u64,
-        PATH_FILE_MAX / write_len as u64 * write_len as u64,
-    );
+    let file_len = (PATH_FILE_BYTES / write_len as u64).max(1) * write_len as u64;
     let result = (|| {
         let mut threads = Vec::new();
         for pair in 0..pairs as usize {
@@ -366,15 +367,9 @@ fn serve(
     let mut buf = vec![0u8; write_len + 4095];
     let skip = buf.as_ptr().align_offset(4096);
     let block = &mut buf[skip..skip + write_len];
-    let mut at = 0u64;
-    loop {
-        match sock.read_exact(&mut block[..request]) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(io("reading a request")(e)),
-        }
+    let write = |block: &[u8], at: u64| -> Result<(), DiskFloorError> {
         let mut done = 0;
-        while done < write_len {
+        while done < block.len() {
             let n = rustix::io::pwrite(&fd, &block[done..], at + done as u64)
                 .map_err(|e| io("writing")(e.into()))?;
             if n == 0 {
@@ -382,6 +377,22 @@ fn serve(
             }
             done += n;
         }
+        Ok(())
+    };
+    for at in (0..file_len).step_by(write_len) {
+        write(block, at)?;
+    }
+    rustix::fs::fdatasync(&fd).map_err(|e| io("fdatasync")(e.into()))?;
+    // Ready: the client starts its schedule now.
+    sock.write_all(&[0]).map_err(io("replying"))?;
+    let mut at = 0u64;
+    loop {
+        match sock.read_exact(&mut block[..request]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(io("reading a request")(e)),
+        }
+        write(block, at)?;
         at = (at + write_len as u64) % file_len;
         sock.write_all(&[1; 8]).map_err(io("replying"))?;
     }
@@ -403,6 +414,8 @@ fn drive(
     let mut sock = std::net::TcpStream::connect(addr).map_err(io("connecting"))?;
     sock.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
     let (req, mut reply) = (vec![0x5a_u8; request], [0u8; 8]);
+    sock.read_exact(&mut reply[..1])
+        .map_err(io("waiting for the server to be ready"))?;
     let mut h = path_histogram();
     let start = Instant::now();
     let (measure_from, end) = (start + PATH_WARMUP, start + run_for);

@@ -392,7 +392,7 @@ pub fn write_floor(
              ## request path: paced requests, each written directly, then answered\n\n{}\n\
              The least any broker could do for an `async` send here: a client pinned to one CPU sends each request \
              over loopback TCP when it is due; a server pinned to another writes it with one blocking O_DIRECT write \
-             into a fallocated file and replies. No batching, queueing or hand-off between threads. Latency is \
+             into a file written through beforehand (as a recycled segment) and replies. No batching, queueing or hand-off between threads. Latency is \
              from the intended send time, as loadgen's publish latency.\n\n",
             crate::floor::disk_table(d),
             crate::floor::path_table(p)
