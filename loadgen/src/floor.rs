@@ -242,9 +242,10 @@ const PATH_FILE_BYTES: u64 = 64 << 20;
 /// loopback TCP; its server, pinned to CPU `pair % cpus`, writes each
 /// request with one O_DIRECT write into a written-through file under
 /// `dir` (removed afterwards) and replies with 8 bytes. The client is
-/// pinned to the next CPU and starts its schedule once its server is ready. Latency is measured from each request's intended send
-/// time, so a reply that came late delays the requests behind it and
-/// they count it too (no coordinated omission).
+/// pinned to the next CPU and starts its schedule once its server is
+/// ready. Latency is measured from each request's intended send time, so
+/// a reply that came late delays the requests behind it and they count
+/// it too (no coordinated omission).
 pub fn round_trip(shape: &DiskShape<'_>) -> Result<PathFloor, DiskFloorError> {
     let DiskShape {
         dir,
@@ -384,7 +385,8 @@ fn serve(
     }
     rustix::fs::fdatasync(&fd).map_err(|e| io("fdatasync")(e.into()))?;
     // Ready: the client starts its schedule now.
-    sock.write_all(&[0]).map_err(io("replying"))?;
+    sock.write_all(&[0])
+        .map_err(io("telling the client it is ready"))?;
     let mut at = 0u64;
     loop {
         match sock.read_exact(&mut block[..request]) {
