@@ -137,9 +137,20 @@ pub struct PathFloor {
     pub request_kib: u64,
     pub requests_per_s_per_pair: u64,
     pub seconds: u64,
+    /// Whether each request was written before its reply (`false`: the
+    /// same path with no disk in it, to tell the CPUs' part from the disk's).
+    pub written: bool,
     pub requests_per_s: f64,
     #[serde(flatten)]
     pub latency: Latencies,
+}
+
+/// The disk probes of one `floor --disk` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskProbes {
+    pub disk: DiskFloor,
+    pub request_path: PathFloor,
+    pub request_path_no_write: PathFloor,
 }
 
 /// What fio measured for direct writes of one size at a fixed rate.
@@ -246,7 +257,7 @@ const PATH_FILE_BYTES: u64 = 64 << 20;
 /// ready. Latency is measured from each request's intended send time, so
 /// a reply that came late delays the requests behind it and they count
 /// it too (no coordinated omission).
-pub fn round_trip(shape: &DiskShape<'_>) -> Result<PathFloor, DiskFloorError> {
+pub fn round_trip(shape: &DiskShape<'_>, written: bool) -> Result<PathFloor, DiskFloorError> {
     let DiskShape {
         dir,
         seconds,
@@ -281,7 +292,8 @@ pub fn round_trip(shape: &DiskShape<'_>) -> Result<PathFloor, DiskFloorError> {
                 .name(format!("path-server-{pair}"))
                 .spawn(move || {
                     pin_to(server_cpu).map_err(io("pinning the server"))?;
-                    serve(&listener, &file, request, write_len, file_len)
+                    let file = written.then_some(file.as_path());
+                    serve(&listener, file, request, write_len, file_len)
                 })
                 .map_err(io("starting a thread"))?;
             let client = std::thread::Builder::new()
@@ -328,6 +340,7 @@ pub fn round_trip(shape: &DiskShape<'_>) -> Result<PathFloor, DiskFloorError> {
         request_kib,
         requests_per_s_per_pair: per_s,
         seconds,
+        written,
         requests_per_s: h.len() as f64 / seconds.max(1) as f64,
         latency: Latencies {
             p50_us: us(0.5),
@@ -344,10 +357,11 @@ fn path_histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
 }
 
-/// The path server: for each request, one direct write, then the reply.
+/// The path server: for each request, one direct write into `file` (none
+/// without one), then the reply.
 fn serve(
     listener: &std::net::TcpListener,
-    file: &std::path::Path,
+    file: Option<&std::path::Path>,
     request: usize,
     write_len: usize,
     file_len: u64,
@@ -356,6 +370,19 @@ fn serve(
     let io = |what: &'static str| move |source| DiskFloorError::Path { what, source };
     let (mut sock, _) = listener.accept().map_err(io("accepting the client"))?;
     sock.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
+    let mut buf = vec![0u8; request];
+    let Some(file) = file else {
+        sock.write_all(&[0])
+            .map_err(io("telling the client it is ready"))?;
+        loop {
+            match sock.read_exact(&mut buf) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(io("reading a request")(e)),
+            }
+            sock.write_all(&[1; 8]).map_err(io("replying"))?;
+        }
+    };
     let fd = rustix::fs::open(
         file,
         OFlags::WRONLY | OFlags::CREATE | OFlags::DIRECT | OFlags::CLOEXEC,
@@ -365,7 +392,7 @@ fn serve(
     rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, file_len)
         .map_err(|e| io("fallocate")(e.into()))?;
     // O_DIRECT wants a block-aligned address.
-    let mut buf = vec![0u8; write_len + 4095];
+    buf.resize(write_len + 4095, 0);
     let skip = buf.as_ptr().align_offset(4096);
     let block = &mut buf[skip..skip + write_len];
     let write = |block: &[u8], at: u64| -> Result<(), DiskFloorError> {
@@ -438,45 +465,53 @@ fn drive(
     Ok(h)
 }
 
-/// The Markdown table of a request-path probe.
-pub fn path_table(p: &PathFloor) -> String {
-    latency_table(
-        "requests",
-        &format!(
-            "{} pair(s) x {} KiB over loopback TCP, each written directly, then answered, {}/s each",
-            p.pairs, p.request_kib, p.requests_per_s_per_pair
-        ),
-        p.requests_per_s,
-        &p.latency,
-    )
+/// The Markdown table of request-path probes, a row each.
+pub fn path_table(paths: &[&PathFloor]) -> String {
+    let rows: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            let how = if p.written {
+                "each written directly, then answered"
+            } else {
+                "each answered at once (no write)"
+            };
+            let row = format!(
+                "{} pair(s) x {} KiB over loopback TCP, {how}, {}/s each",
+                p.pairs, p.request_kib, p.requests_per_s_per_pair
+            );
+            (row, p.requests_per_s, p.latency)
+        })
+        .collect();
+    latency_table("requests", &rows)
 }
 
 /// The Markdown table of a disk probe.
 pub fn disk_table(d: &DiskFloor) -> String {
-    latency_table(
-        "writes",
-        &format!(
-            "{} job(s) x {} KiB, one at a time, {}/s each",
-            d.jobs, d.write_kib, d.writes_per_s_per_job
-        ),
-        d.writes_per_s,
-        &d.latency,
-    )
+    let row = format!(
+        "{} job(s) x {} KiB, one at a time, {}/s each",
+        d.jobs, d.write_kib, d.writes_per_s_per_job
+    );
+    latency_table("writes", &[(row, d.writes_per_s, d.latency)])
 }
 
-/// One row of `what`, its rate a second and percentiles in ms, under a header.
-fn latency_table(what: &str, row: &str, per_s: f64, l: &Latencies) -> String {
-    format!(
+/// Rows of `what`: its rate a second and percentiles in ms, under a header.
+fn latency_table(what: &str, rows: &[(String, f64, Latencies)]) -> String {
+    let mut t = format!(
         "| {what} | {what}/s | p50 ms | p90 ms | p99 ms | p99.9 ms | p99.99 ms | max ms |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n\
-         | {row} | {per_s:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
-        l.p50_us / 1e3,
-        l.p90_us / 1e3,
-        l.p99_us / 1e3,
-        l.p999_us / 1e3,
-        l.p9999_us / 1e3,
-        l.max_us / 1e3,
-    )
+         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for (row, per_s, l) in rows {
+        t += &format!(
+            "| {row} | {per_s:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            l.p50_us / 1e3,
+            l.p90_us / 1e3,
+            l.p99_us / 1e3,
+            l.p999_us / 1e3,
+            l.p9999_us / 1e3,
+            l.max_us / 1e3,
+        );
+    }
+    t
 }
 
 /// CPUs this process may run on.
@@ -707,7 +742,10 @@ mod tests {
             per_s: 300,
             jobs: 2,
         };
-        let p = round_trip(&shape).expect("round trip");
+        let p = round_trip(&shape, true).expect("round trip");
+        let bare = round_trip(&shape, false).expect("round trip without writes");
+        assert!((500.0..=600.0).contains(&bare.requests_per_s), "{bare:?}");
+        assert!(!bare.written && p.written);
         // Two pairs at 300 a second for 1 s (the warm-up not counted).
         assert!((500.0..=600.0).contains(&p.requests_per_s), "{p:?}");
         let l = &p.latency;
@@ -715,7 +753,7 @@ mod tests {
             0.0 < l.p50_us && l.p50_us <= l.p99_us && l.p99_us <= l.max_us,
             "{p:?}"
         );
-        assert!(path_table(&p).lines().count() == 3);
+        assert!(path_table(&[&p, &bare]).lines().count() == 4);
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
         // A folder that is not there is refused, not created.
         let missing = dir.path().join("missing");
@@ -724,7 +762,7 @@ mod tests {
             ..shape
         };
         assert!(matches!(
-            round_trip(&shape),
+            round_trip(&shape, true),
             Err(DiskFloorError::Dir { .. })
         ));
         assert!(!missing.exists());

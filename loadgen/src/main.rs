@@ -423,9 +423,10 @@ fn floor(args: &FloorArgs) -> Result<bool, String> {
             );
             let d = floor::disk(&shape).map_err(|e| e.to_string())?;
             println!("{}", floor::disk_table(&d));
-            eprintln!("timing the request path the same way: one client/server pair per job, over loopback TCP");
-            let p = floor::round_trip(&shape).map_err(|e| e.to_string())?;
-            println!("{}", floor::path_table(&p));
+            eprintln!("timing the request path the same way: one client/server pair per job, over loopback TCP, with and without the write");
+            let p = floor::round_trip(&shape, true).map_err(|e| e.to_string())?;
+            let bare = floor::round_trip(&shape, false).map_err(|e| e.to_string())?;
+            println!("{}", floor::path_table(&[&p, &bare]));
             reproduce += &format!(
                 " --disk {} --write-kib {} --writes-per-sec {} --disk-jobs {}",
                 dir.display(),
@@ -433,7 +434,11 @@ fn floor(args: &FloorArgs) -> Result<bool, String> {
                 shape.per_s,
                 shape.jobs
             );
-            Some((d, p))
+            Some(floor::DiskProbes {
+                disk: d,
+                request_path: p,
+                request_path_no_write: bare,
+            })
         }
     };
     if let Some(dir) = &args.common.report {

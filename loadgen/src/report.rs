@@ -378,13 +378,13 @@ pub fn write_floor(
     dir: &Path,
     name: &str,
     cpu: &crate::floor::StallReport,
-    disk: Option<&(crate::floor::DiskFloor, crate::floor::PathFloor)>,
+    disk: Option<&crate::floor::DiskProbes>,
     reproduce: &str,
 ) -> std::io::Result<std::path::PathBuf> {
     let started = support::utc_stamp();
     let commit = support::git_commit();
     let machine = support::machine();
-    let disk_md = disk.map_or_else(String::new, |(d, p)| {
+    let disk_md = disk.map_or_else(String::new, |probes| {
         format!(
             "## disk: direct-write completion latency (fio, io_uring)\n\n{}\n\
              An `async` send is acknowledged once the write holding it completed: publish latency cannot be \
@@ -392,10 +392,11 @@ pub fn write_floor(
              ## request path: paced requests, each written directly, then answered\n\n{}\n\
              The least any broker could do for an `async` send here: a client pinned to one CPU sends each request \
              over loopback TCP when it is due; a server pinned to another writes it with one blocking O_DIRECT write \
-             into a file written through beforehand (as a recycled segment) and replies. No batching, queueing or hand-off between threads. Latency is \
-             from the intended send time, as loadgen's publish latency.\n\n",
-            crate::floor::disk_table(d),
-            crate::floor::path_table(p)
+             into a file written through beforehand (as a recycled segment) and replies. No batching, queueing or \
+             hand-off between threads. Latency is from the intended send time, as loadgen's publish latency. The \
+             second row is the same path with no write: what the CPUs and loopback TCP alone add.\n\n",
+            crate::floor::disk_table(&probes.disk),
+            crate::floor::path_table(&[&probes.request_path, &probes.request_path_no_write])
         )
     });
     let md = format!(
@@ -423,8 +424,9 @@ pub fn write_floor(
         "gap_floor_us": crate::floor::GAP_FLOOR.as_micros() as u64,
         "seconds": cpu.seconds,
         "cpus": cpu.cpus,
-        "disk": disk.map(|(d, _)| d),
-        "request_path": disk.map(|(_, p)| p),
+        "disk": disk.map(|p| &p.disk),
+        "request_path": disk.map(|p| &p.request_path),
+        "request_path_no_write": disk.map(|p| &p.request_path_no_write),
     });
     support::write_report(
         dir,

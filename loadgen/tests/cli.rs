@@ -192,6 +192,10 @@ fn floor_reports_cpu_stalls_disk_write_and_request_path_latency_or_says_fio_is_m
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{path}");
     assert_eq!(path["pairs"].as_u64(), Some(2), "{path}");
     assert!(path["requests_per_s"].as_f64().unwrap() > 100.0, "{path}");
+    let bare = &v["request_path_no_write"];
+    assert_eq!(bare["written"].as_bool(), Some(false), "{bare}");
+    assert!(bare["requests_per_s"].as_f64().unwrap() > 100.0, "{bare}");
+    assert!(stdout.contains("answered at once (no write)"), "{stdout}");
     assert!(stdout.contains("over loopback TCP"), "{stdout}");
     // fio's files and the path probe's went with their folders.
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
