@@ -1,5 +1,5 @@
 //! `ringmq-loadgen floor`: the latency this host adds before any broker
-//! code runs. Two probes:
+//! code runs. Three probes:
 //!
 //! - **CPU stalls**: how often, and for how long, the host takes its CPUs
 //!   away from a runnable thread;
@@ -13,10 +13,11 @@
 //!   over loopback TCP to a server thread pinned to another CPU, which
 //!   writes each with one direct write over already written blocks
 //!   (blocking, in its own thread: no queueing, no batching, no hand-off)
-//!   and then replies; latency runs
-//!   from the request's intended send time, as loadgen's does. It adds up
-//!   what the disk and the CPUs add along one publish: every wake-up on
-//!   the way is another chance to meet a stall.
+//!   and then replies; latency runs from the request's intended send
+//!   time, as loadgen's does. It adds up what the disk and the CPUs add
+//!   along one publish: every wake-up on the way is another chance to
+//!   meet a stall. The same path with no write beside it shows the CPUs'
+//!   and loopback TCP's share alone.
 //!
 //! On a virtual machine the hypervisor preempts whole vCPUs; on a shared
 //! host other work and interrupts do the same. No broker can answer a
@@ -102,6 +103,8 @@ pub enum DiskFloorError {
     },
     #[error("a request path probe thread panicked")]
     PathPanicked,
+    #[error("{0} must be at least 1")]
+    Shape(&'static str),
 }
 
 /// The shape of the disk and request-path probes: `jobs` writers (or
@@ -114,6 +117,25 @@ pub struct DiskShape<'a> {
     pub write_kib: u64,
     pub per_s: u64,
     pub jobs: u64,
+}
+
+impl DiskShape<'_> {
+    /// Refuses a shape with nothing to measure (a zero size, rate or
+    /// count would divide by zero further on).
+    fn check(&self) -> Result<(), DiskFloorError> {
+        let zero = [
+            ("write size (KiB)", self.write_kib),
+            ("rate", self.per_s),
+            ("jobs", self.jobs),
+            ("seconds", self.seconds),
+        ]
+        .into_iter()
+        .find(|(_, v)| *v == 0);
+        match zero {
+            Some((what, _)) => Err(DiskFloorError::Shape(what)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Latency percentiles of a probe, µs.
@@ -183,6 +205,7 @@ pub fn disk_ready(dir: &std::path::Path) -> Result<(), DiskFloorError> {
 /// second, for `seconds`, into fallocated files in a fresh folder under
 /// `dir` (removed afterwards).
 pub fn disk(shape: &DiskShape<'_>) -> Result<DiskFloor, DiskFloorError> {
+    shape.check()?;
     let DiskShape {
         dir,
         seconds,
@@ -258,6 +281,7 @@ const PATH_FILE_BYTES: u64 = 64 << 20;
 /// a reply that came late delays the requests behind it and they count
 /// it too (no coordinated omission).
 pub fn round_trip(shape: &DiskShape<'_>, written: bool) -> Result<PathFloor, DiskFloorError> {
+    shape.check()?;
     let DiskShape {
         dir,
         seconds,
@@ -266,10 +290,10 @@ pub fn round_trip(shape: &DiskShape<'_>, written: bool) -> Result<PathFloor, Dis
         jobs: pairs,
     } = *shape;
     let io = |what: &'static str| move |source| DiskFloorError::Path { what, source };
-    let cpus = allowed_cpus().map_err(|e| DiskFloorError::Path {
-        what: "reading this process's CPU set",
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let cpus = allowed_cpus()
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or(DiskFloorError::Shape("this process's CPU set"))?;
     let work = dir.join(format!("ringmq-floor-path-{}", std::process::id()));
     std::fs::create_dir(&work).map_err(|source| DiskFloorError::Dir {
         path: work.clone(),
@@ -302,10 +326,14 @@ pub fn round_trip(shape: &DiskShape<'_>, written: bool) -> Result<PathFloor, Dis
                     pin_to(client_cpu).map_err(io("pinning the client"))?;
                     drive(addr, request, per_s, run_for)
                 })
-                .map_err(io("starting a thread"))?;
+                .map_err(|e| {
+                    // Its server would wait in accept for good.
+                    let _ = std::net::TcpStream::connect(addr);
+                    io("starting a thread")(e)
+                })?;
             threads.push((server, client, addr));
         }
-        let mut all = path_histogram();
+        let mut all = crate::stats::histogram();
         let mut first_error = None;
         for (server, client, addr) in threads {
             // The client ends first; its server then sees the connection
@@ -353,10 +381,6 @@ pub fn round_trip(shape: &DiskShape<'_>, written: bool) -> Result<PathFloor, Dis
     })
 }
 
-fn path_histogram() -> hdrhistogram::Histogram<u64> {
-    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
-}
-
 /// The path server: for each request, one direct write into `file` (none
 /// without one), then the reply.
 fn serve(
@@ -366,64 +390,110 @@ fn serve(
     write_len: usize,
     file_len: u64,
 ) -> Result<(), DiskFloorError> {
-    use rustix::fs::{FallocateFlags, Mode, OFlags};
     let io = |what: &'static str| move |source| DiskFloorError::Path { what, source };
     let (mut sock, _) = listener.accept().map_err(io("accepting the client"))?;
     sock.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
-    let mut buf = vec![0u8; request];
-    let Some(file) = file else {
-        sock.write_all(&[0])
-            .map_err(io("telling the client it is ready"))?;
-        loop {
-            match sock.read_exact(&mut buf) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(io("reading a request")(e)),
-            }
-            sock.write_all(&[1; 8]).map_err(io("replying"))?;
-        }
+    let mut log = file
+        .map(|f| PathLog::prepare(f, write_len, file_len))
+        .transpose()?;
+    let mut buf = if log.is_some() {
+        Vec::new()
+    } else {
+        vec![0u8; request]
     };
-    let fd = rustix::fs::open(
-        file,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::DIRECT | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| io("opening the file with O_DIRECT")(e.into()))?;
-    rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, file_len)
-        .map_err(|e| io("fallocate")(e.into()))?;
-    // O_DIRECT wants a block-aligned address.
-    buf.resize(write_len + 4095, 0);
-    let skip = buf.as_ptr().align_offset(4096);
-    let block = &mut buf[skip..skip + write_len];
-    let write = |block: &[u8], at: u64| -> Result<(), DiskFloorError> {
-        let mut done = 0;
-        while done < block.len() {
-            let n = rustix::io::pwrite(&fd, &block[done..], at + done as u64)
-                .map_err(|e| io("writing")(e.into()))?;
-            if n == 0 {
-                return Err(io("writing")(std::io::ErrorKind::WriteZero.into()));
-            }
-            done += n;
-        }
-        Ok(())
-    };
-    for at in (0..file_len).step_by(write_len) {
-        write(block, at)?;
-    }
-    rustix::fs::fdatasync(&fd).map_err(|e| io("fdatasync")(e.into()))?;
     // Ready: the client starts its schedule now.
     sock.write_all(&[0])
         .map_err(io("telling the client it is ready"))?;
-    let mut at = 0u64;
     loop {
-        match sock.read_exact(&mut block[..request]) {
+        // Straight into the write's buffer when there is a write.
+        let into = match log.as_mut() {
+            Some(log) => log.slot(request),
+            None => &mut buf[..],
+        };
+        match sock.read_exact(into) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(io("reading a request")(e)),
         }
-        write(block, at)?;
-        at = (at + write_len as u64) % file_len;
+        if let Some(log) = log.as_mut() {
+            log.write_next()?;
+        }
         sock.write_all(&[1; 8]).map_err(io("replying"))?;
+    }
+}
+
+/// A path server's file: written through before the first request, then
+/// overwritten in turn, one direct write of `block`'s length per request.
+struct PathLog {
+    fd: rustix::fd::OwnedFd,
+    /// Block-aligned space for one write (O_DIRECT wants an aligned
+    /// address): `buf[skip..skip + len]`.
+    buf: Vec<u8>,
+    skip: usize,
+    len: usize,
+    file_len: u64,
+    at: u64,
+}
+
+impl PathLog {
+    fn prepare(file: &std::path::Path, len: usize, file_len: u64) -> Result<Self, DiskFloorError> {
+        use rustix::fs::{FallocateFlags, Mode, OFlags};
+        let io = |what: &'static str| {
+            move |e: rustix::io::Errno| DiskFloorError::Path {
+                what,
+                source: e.into(),
+            }
+        };
+        let fd = rustix::fs::open(
+            file,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::DIRECT | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(io("opening the file with O_DIRECT"))?;
+        rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, file_len)
+            .map_err(io("fallocate"))?;
+        let buf = vec![0u8; len + 4095];
+        let skip = buf.as_ptr().align_offset(4096);
+        let mut log = Self {
+            fd,
+            buf,
+            skip,
+            len,
+            file_len,
+            at: 0,
+        };
+        while log.write_next()? != 0 {}
+        rustix::fs::fdatasync(&log.fd).map_err(io("fdatasync"))?;
+        Ok(log)
+    }
+
+    /// The first `n` bytes of the next write, to read a request into.
+    fn slot(&mut self, n: usize) -> &mut [u8] {
+        &mut self.buf[self.skip..self.skip + n]
+    }
+
+    /// One write of the block at the next place; returns where the one
+    /// after goes (0: the file starts over).
+    fn write_next(&mut self) -> Result<u64, DiskFloorError> {
+        let block = &self.buf[self.skip..self.skip + self.len];
+        let mut done = 0;
+        while done < block.len() {
+            let n = rustix::io::pwrite(&self.fd, &block[done..], self.at + done as u64).map_err(
+                |e| DiskFloorError::Path {
+                    what: "writing",
+                    source: e.into(),
+                },
+            )?;
+            if n == 0 {
+                return Err(DiskFloorError::Path {
+                    what: "writing",
+                    source: std::io::ErrorKind::WriteZero.into(),
+                });
+            }
+            done += n;
+        }
+        self.at = (self.at + self.len as u64) % self.file_len;
+        Ok(self.at)
     }
 }
 
@@ -445,11 +515,11 @@ fn drive(
     let (req, mut reply) = (vec![0x5a_u8; request], [0u8; 8]);
     sock.read_exact(&mut reply[..1])
         .map_err(io("waiting for the server to be ready"))?;
-    let mut h = path_histogram();
+    let mut h = crate::stats::histogram();
     let start = Instant::now();
     let (measure_from, end) = (start + PATH_WARMUP, start + run_for);
     for i in 0u64.. {
-        let due = start + Duration::from_nanos(i * 1_000_000_000 / per_s.max(1));
+        let due = start + Duration::from_nanos(i * 1_000_000_000 / per_s);
         if due >= end {
             break;
         }
@@ -765,6 +835,29 @@ mod tests {
             round_trip(&shape, true),
             Err(DiskFloorError::Dir { .. })
         ));
+        assert!(!missing.exists());
+        // Nothing to measure is refused before anything runs (a zero would
+        // divide by zero further on).
+        for (zero, what) in [
+            (
+                DiskShape {
+                    write_kib: 0,
+                    ..shape
+                },
+                "write size (KiB)",
+            ),
+            (DiskShape { per_s: 0, ..shape }, "rate"),
+            (DiskShape { jobs: 0, ..shape }, "jobs"),
+        ] {
+            assert!(
+                matches!(round_trip(&zero, true), Err(DiskFloorError::Shape(w)) if w == what),
+                "{what}"
+            );
+            assert!(
+                matches!(disk(&zero), Err(DiskFloorError::Shape(w)) if w == what),
+                "{what}"
+            );
+        }
         assert!(!missing.exists());
     }
 
