@@ -167,7 +167,9 @@ pub(crate) struct Pacer {
     /// The last clock reading: a message due by then is due now, with no
     /// clock read of its own (one per wake-up instead of one per message).
     seen_now_us: Cell<u64>,
-    timer: crate::hrtimer::Timer,
+    /// Made at the first sleep: a producer at full speed never sleeps,
+    /// and needs no timerfd.
+    timer: std::cell::OnceCell<crate::hrtimer::Timer>,
 }
 
 impl Pacer {
@@ -179,7 +181,7 @@ impl Pacer {
             pace_us: w.pace_us,
             last_wake_us: Cell::new(0),
             seen_now_us: Cell::new(0),
-            timer: crate::hrtimer::Timer::new(),
+            timer: std::cell::OnceCell::new(),
         }
     }
 
@@ -198,6 +200,7 @@ impl Pacer {
             if at > now {
                 let wake = at.max(self.last_wake_us.get() + self.pace_us);
                 self.timer
+                    .get_or_init(crate::hrtimer::Timer::new)
                     .sleep_until(epoch + Duration::from_micros(wake))
                     .await;
                 self.last_wake_us.set(wake);

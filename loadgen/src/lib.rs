@@ -9,8 +9,9 @@
 //! - [`report`]: the final table, JSON + Markdown + SVG into `bench-results/`.
 //! - `hrtimer`: sub-millisecond sleeps for the schedule (a timerfd per
 //!   producer, read through io_uring).
-//! - [`floor`]: how often and how long this host takes its CPUs away
-//!   (the floor under every latency percentile).
+//! - [`floor`]: what this host adds before any broker code runs: CPU
+//!   stalls, direct-write latency, and a bare request path (the floor
+//!   under every latency percentile).
 //! - [`embedded`]: an in-process name server and broker (`quickstart`).
 //! - [`verify`]: reading a topic back against an ack log.
 //! - [`peers`]: Redis Streams and NATS JetStream drivers (small RESP and

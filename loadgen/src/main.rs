@@ -32,13 +32,15 @@ enum Command {
     Compare(Box<CompareArgs>),
     /// Measures the latency this host adds before any broker code runs:
     /// CPU stalls on every CPU and, with --disk, direct-write latency
-    /// (fio). Run it on an idle machine.
+    /// (fio) and the bare request path (loopback TCP, one direct write,
+    /// reply; and with no write). Run it on an idle machine.
     Floor(FloorArgs),
 }
 
 #[derive(Debug, Args)]
 struct FloorArgs {
-    /// Seconds of each probe (every CPU at once, then the disk).
+    /// Seconds of each probe (every CPU at once, then the disk, then the
+    /// request path with and without the write).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     seconds: u64,
     /// Also time direct writes into this folder with fio, then the request
