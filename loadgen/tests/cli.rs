@@ -172,27 +172,24 @@ fn floor_reports_cpu_stalls_disk_write_and_request_path_latency_or_says_fio_is_m
     let cpus = v["cpus"].as_array().unwrap();
     assert!(!cpus.is_empty());
     assert!(cpus.iter().all(|c| c["seconds"].as_f64().unwrap() >= 1.0));
+    // Percentiles of a probe, in order.
+    let ordered = |probe: &serde_json::Value| {
+        let us = |k: &str| probe[k].as_f64().unwrap();
+        let (p50, p99, max) = (us("p50_us"), us("p99_us"), us("max_us"));
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{probe}");
+    };
     let disk = &v["disk"];
-    let (p50, p99, max) = (
-        disk["p50_us"].as_f64().unwrap(),
-        disk["p99_us"].as_f64().unwrap(),
-        disk["max_us"].as_f64().unwrap(),
-    );
-    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{disk}");
+    ordered(disk);
     // Two jobs at 200 writes/s each, for a second.
     assert!(disk["writes_per_s"].as_f64().unwrap() > 100.0, "{disk}");
     // The request path: two pairs at 200 requests/s each, every one
     // answered after its write.
     let path = &v["request_path"];
-    let (p50, p99, max) = (
-        path["p50_us"].as_f64().unwrap(),
-        path["p99_us"].as_f64().unwrap(),
-        path["max_us"].as_f64().unwrap(),
-    );
-    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{path}");
+    ordered(path);
     assert_eq!(path["pairs"].as_u64(), Some(2), "{path}");
     assert!(path["requests_per_s"].as_f64().unwrap() > 100.0, "{path}");
     let bare = &v["request_path_no_write"];
+    ordered(bare);
     assert_eq!(bare["written"].as_bool(), Some(false), "{bare}");
     assert!(bare["requests_per_s"].as_f64().unwrap() > 100.0, "{bare}");
     assert!(stdout.contains("answered at once (no write)"), "{stdout}");
