@@ -144,6 +144,36 @@ fn corruption_cuts_at_the_first_bad_batch_and_serves_what_is_before() {
 }
 
 #[test]
+fn one_fdatasync_covers_a_round_written_in_several_pieces() {
+    for seed in [None, Some(7), Some(11)] {
+        run(move || async move {
+            let mut cfg = small_config("/data");
+            cfg.flush = FlushMode::Sync;
+            let (disk, store, q) = fresh_store(cfg.clone()).await;
+            disk.set_write_jitter(seed);
+            store.append(q, batch(0, &bodies(1, 1, 10))).await.unwrap();
+            let (writes, syncs) = (disk.op_count(DiskOp::Write), disk.op_count(DiskOp::Sync));
+            // 40 KiB: with 8 KiB writes, 3 in flight, the round is five
+            // writes and the first ones complete while the last are issued.
+            store
+                .append(q, batch(0, &bodies(2, 40, 1000)))
+                .await
+                .unwrap();
+            assert!(
+                disk.op_count(DiskOp::Write) - writes >= 5,
+                "the round is split into writes"
+            );
+            assert_eq!(
+                disk.op_count(DiskOp::Sync) - syncs,
+                1,
+                "one fdatasync for the round (jitter {seed:?})"
+            );
+            store.close().await.unwrap();
+        });
+    }
+}
+
+#[test]
 fn a_failed_fsync_poisons_the_store() {
     run(|| async {
         let mut cfg = small_config("/data");

@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -376,6 +376,8 @@ struct MemFs {
     files: BTreeMap<PathBuf, Rc<RefCell<MemFile>>>,
     dirs: BTreeSet<PathBuf>,
     faults: Vec<Fault>,
+    /// Operations attempted so far, failed ones included.
+    counts: HashMap<DiskOp, u64>,
     capacity_bytes: Option<u64>,
     /// The last write not yet covered by a sync: (file, position, bytes).
     last_write: Option<(Rc<RefCell<MemFile>>, u64, Vec<u8>)>,
@@ -386,6 +388,7 @@ struct MemFs {
 
 impl MemFs {
     fn check(&mut self, op: DiskOp, path: &Path) -> Result<(), DiskError> {
+        *self.counts.entry(op).or_default() += 1;
         let hit = self.faults.iter().position(|f| f.op == op);
         if let Some(i) = hit {
             if self.faults[i].skip == 0 {
@@ -460,6 +463,11 @@ impl MemDisk {
     /// from `seed` (`None`: at once), as a real device reorders them.
     pub fn set_write_jitter(&self, seed: Option<u64>) {
         self.fs.borrow_mut().write_jitter = seed;
+    }
+
+    /// How many times `op` has been attempted on this disk.
+    pub fn op_count(&self, op: DiskOp) -> u64 {
+        self.fs.borrow().counts.get(&op).copied().unwrap_or(0)
     }
 
     /// Limits the bytes all files may hold together (ENOSPC beyond).

@@ -34,6 +34,9 @@ pub(super) struct Flusher<D: Disk> {
     partial_write: Option<oneshot::Receiver<()>>,
     /// Log position the last started fdatasync covers.
     sync_started_to: u64,
+    /// `sync` mode: the end of the log writes that were in flight when an
+    /// fdatasync first came due; it starts once they have completed.
+    sync_waits_for: Option<u64>,
     last_sync: Instant,
     /// Slots for fdatasyncs in flight ([`SYNCS_IN_FLIGHT`]).
     sync_slots: Rc<glommio::sync::Semaphore>,
@@ -123,6 +126,7 @@ impl<D: Disk> Flusher<D> {
             write_slots: Rc::new(glommio::sync::Semaphore::new(writes_in_flight as u64)),
             partial_write: None,
             sync_started_to: 0,
+            sync_waits_for: None,
             last_sync: Instant::now(),
             sync_slots: Rc::new(glommio::sync::Semaphore::new(SYNCS_IN_FLIGHT)),
             last_sync_done,
@@ -204,7 +208,7 @@ impl<D: Disk> Flusher<D> {
         let unsynced = written.saturating_sub(self.sync_started_to);
         let sync_due = unsynced > 0
             && match cfg.flush {
-                FlushMode::Sync => true,
+                FlushMode::Sync => self.round_written(written),
                 FlushMode::Async => {
                     closing
                         || wanted > self.sync_started_to
@@ -213,12 +217,30 @@ impl<D: Disk> Flusher<D> {
                 }
             };
         if sync_due {
+            self.sync_waits_for = None;
             self.start_sync(inner).await?;
         }
         if index_due {
             let _ = inner.index_wake.try_send(());
         }
         Ok(())
+    }
+
+    /// `sync` mode, with bytes written but not yet synced: whether the
+    /// writes in flight when this first came up have all completed. A round
+    /// split into several writes (a held partial block, a segment roll, a
+    /// round over `max_write_bytes`) is so covered by one fdatasync, not by
+    /// one for its first writes and a second, queued behind the first, for
+    /// the rest. Writes issued later do not hold it back, so it waits for
+    /// one round of writes at most. Store bench `sync` case, 3 pairs on
+    /// this machine: an fdatasync's own p50 fell from 225-274 to 100-136 µs
+    /// (half as many ran, and none beside a write), acks/s rose in 2 of 3.
+    fn round_written(&mut self, written: u64) -> bool {
+        let last_in_flight = self.writes.borrow().ends.back().map(|&(end, _)| end);
+        let waits_for = *self
+            .sync_waits_for
+            .get_or_insert(last_in_flight.unwrap_or(written));
+        written >= waits_for
     }
 
     /// Hands `chunk` to the disk: caches its bytes as the tail and issues
