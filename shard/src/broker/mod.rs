@@ -155,6 +155,15 @@ pub fn start(cfg: BrokerConfig) -> Result<RunningBroker, BrokerError> {
             path: cfg.data_dir.clone(),
             source,
         })?;
+    if let Some(cpu) = crate::store::disk_irq_cpu(&cfg.data_dir) {
+        // Where write and fdatasync completions land: a shard elsewhere pays
+        // a cross-CPU wake-up for each (README, "Deployment").
+        tracing::info!(
+            irq_cpu = cpu,
+            shard_cpus = ?&cfg.cpus[..cfg.shards.min(cfg.cpus.len())],
+            "the data disk's completion interrupts land on CPU {cpu}"
+        );
+    }
     let root = is_root();
     if !root {
         tracing::warn!(

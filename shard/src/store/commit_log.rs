@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 /// Bytes before the batch in a log entry.
-pub(crate) const ENTRY_PREFIX_BYTES: usize = 16;
+pub const ENTRY_PREFIX_BYTES: usize = 16;
 
 /// The labels of a log entry: which queue, written by which run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,6 +37,7 @@
 mod aligned;
 mod checkpoint;
 mod commit_log;
+mod device;
 pub mod disk;
 mod flusher;
 mod indexer;
@@ -46,11 +47,13 @@ mod range_cache;
 mod recovery;
 mod retention;
 
+pub use commit_log::ENTRY_PREFIX_BYTES;
+pub use device::disk_irq_cpu;
 pub use disk::{Disk, DiskError, DiskFile, DiskOp, DmaDisk, MemDisk};
 pub use ringmq_core::FlushMode;
 
 use bytes::Bytes;
-use commit_log::{EntryPrefix, LogState, Waiter, ENTRY_PREFIX_BYTES};
+use commit_log::{EntryPrefix, LogState, Waiter};
 use futures::channel::oneshot;
 use queue_index::{FifoCache, IndexEntry, INDEX_ENTRY_BYTES};
 use queue_table::{QueueRow, QueueTable};
