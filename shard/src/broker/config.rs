@@ -365,27 +365,8 @@ pub(crate) fn online_cpus() -> usize {
 
 /// Parses `0,2-3` into `[0, 2, 3]`.
 fn parse_cpu_list(list: &str) -> Result<Vec<usize>, ConfigError> {
-    let bad = || ConfigError::Invalid(format!("--cpus {list:?}: expected a list like 0,2-3"));
-    let mut cpus = Vec::new();
-    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (
-                    a.trim().parse().map_err(|_| bad())?,
-                    b.trim().parse().map_err(|_| bad())?,
-                );
-                if a > b || b - a > 1024 {
-                    return Err(bad());
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    if cpus.is_empty() {
-        return Err(bad());
-    }
-    Ok(cpus)
+    crate::store::parse_cpu_list(list)
+        .ok_or_else(|| ConfigError::Invalid(format!("--cpus {list:?}: expected a list like 0,2-3")))
 }
 
 #[cfg(test)]

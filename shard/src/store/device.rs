@@ -14,14 +14,45 @@
 
 use std::path::{Path, PathBuf};
 
-/// The CPU that has taken the most completion interrupts of the disk
-/// holding `dir`, from sysfs and `/proc/interrupts`. `None` where that
-/// cannot be told: a folder on tmpfs or overlay, a disk with no MSI
-/// interrupts, no interrupts yet.
+/// The CPU that takes the completion interrupts of the disk holding `dir`:
+/// of the disk's busiest interrupt (its I/O queue, not its configuration
+/// one) in `/proc/interrupts`, the CPU it is routed to now, or of several,
+/// the one it has hit most. Counts alone go back to boot and would miss an
+/// interrupt steered since. `None` where that cannot be told: a folder on
+/// tmpfs or overlay, a disk with no MSI interrupts, no interrupts yet.
 pub fn disk_irq_cpu(dir: &Path) -> Option<usize> {
     let irqs = disk_irqs(dir)?;
     let table = std::fs::read_to_string("/proc/interrupts").ok()?;
-    busiest_cpu(&table, &irqs)
+    let (irq, counts) = busiest_irq(&table, &irqs)?;
+    let routed = std::fs::read_to_string(format!("/proc/irq/{irq}/effective_affinity_list"))
+        .ok()
+        .and_then(|list| parse_cpu_list(&list));
+    counts
+        .into_iter()
+        .filter(|(cpu, _)| routed.as_ref().is_none_or(|r| r.contains(cpu)))
+        .max_by_key(|&(_, n)| n)
+        .map(|(cpu, _)| cpu)
+        .or_else(|| routed?.first().copied())
+}
+
+/// Parses a CPU list such as `0,2-3` (as `--cpus` takes and
+/// `/proc/irq/N/effective_affinity_list` reads) into `[0, 2, 3]`; `None`
+/// if it is malformed or empty.
+pub(crate) fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                if a > b || b - a > 1024 {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    (!cpus.is_empty()).then_some(cpus)
 }
 
 /// The MSI interrupt numbers of the device behind `dir`'s file system:
@@ -46,29 +77,30 @@ fn disk_irqs(dir: &Path) -> Option<Vec<String>> {
     }
 }
 
-/// From the text of `/proc/interrupts`, the CPU with the most interrupts
-/// summed over `irqs`; `None` if they have none.
-fn busiest_cpu(table: &str, irqs: &[String]) -> Option<usize> {
+/// From the text of `/proc/interrupts`, the interrupt of `irqs` with the
+/// most interrupts in all, with its count per CPU; `None` if none has any.
+fn busiest_irq(table: &str, irqs: &[String]) -> Option<(String, Vec<(usize, u64)>)> {
     let mut lines = table.lines();
     let cpus: Vec<usize> = lines
         .next()?
         .split_whitespace()
         .map(|c| c.strip_prefix("CPU")?.parse().ok())
         .collect::<Option<_>>()?;
-    let mut counts = vec![0u64; cpus.len()];
-    for line in lines {
-        let mut fields = line.split_whitespace();
-        let Some(irq) = fields.next().and_then(|f| f.strip_suffix(':')) else {
-            continue;
-        };
-        if irqs.iter().any(|i| i == irq) {
-            for (count, field) in counts.iter_mut().zip(fields) {
-                *count += field.parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    let (i, &most) = counts.iter().enumerate().max_by_key(|&(_, n)| *n)?;
-    (most > 0).then(|| cpus[i])
+    lines
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let irq = fields.next()?.strip_suffix(':')?;
+            irqs.iter().any(|i| i == irq).then(|| {
+                let counts: Vec<(usize, u64)> = cpus
+                    .iter()
+                    .zip(fields)
+                    .map(|(&cpu, n)| (cpu, n.parse().unwrap_or(0)))
+                    .collect();
+                (irq.to_owned(), counts)
+            })
+        })
+        .max_by_key(|(_, counts)| counts.iter().map(|&(_, n)| n).sum::<u64>())
+        .filter(|(_, counts)| counts.iter().any(|&(_, n)| n > 0))
 }
 
 #[cfg(test)]
@@ -83,16 +115,31 @@ NMI:          0          0   Non-maskable interrupts
 ";
 
     #[test]
-    fn the_busiest_cpu_is_named_by_its_column() {
+    fn the_busiest_interrupt_is_found_with_its_counts_by_cpu() {
         let irqs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(busiest_cpu(TABLE, &irqs(&["35", "36"])), Some(2));
-        assert_eq!(busiest_cpu(TABLE, &irqs(&["28"])), Some(0));
         assert_eq!(
-            busiest_cpu(TABLE, &irqs(&["99"])),
+            busiest_irq(TABLE, &irqs(&["35", "36"])),
+            Some(("36".into(), vec![(0, 10), (2, 54647622)]))
+        );
+        assert_eq!(
+            busiest_irq(TABLE, &irqs(&["28"])),
+            Some(("28".into(), vec![(0, 2), (2, 0)]))
+        );
+        assert_eq!(
+            busiest_irq(TABLE, &irqs(&["99"])),
             None,
             "no such interrupt"
         );
-        assert_eq!(busiest_cpu("", &irqs(&["36"])), None, "no table");
+        assert_eq!(busiest_irq("", &irqs(&["36"])), None, "no table");
+    }
+
+    #[test]
+    fn cpu_lists_parse_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("1\n"), Some(vec![1]));
+        assert_eq!(parse_cpu_list("0,2-3"), Some(vec![0, 2, 3]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(parse_cpu_list(""), None);
     }
 
     #[test]
