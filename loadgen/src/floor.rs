@@ -271,6 +271,15 @@ const PATH_WARMUP: Duration = Duration::from_millis(500);
 /// behind it, to writes of the probe that a broker can avoid.
 const PATH_FILE_BYTES: u64 = 64 << 20;
 
+/// The request-path probe's error for a failed `what`, from any error
+/// that is an I/O error (std's, rustix's errno, an error kind).
+fn io<E: Into<std::io::Error>>(what: &'static str) -> impl FnOnce(E) -> DiskFloorError {
+    move |e| DiskFloorError::Path {
+        what,
+        source: e.into(),
+    }
+}
+
 /// Runs `pairs` client/server pairs for `seconds` (plus a short warm-up):
 /// each client sends `request_kib` KiB requests at `per_s` a second over
 /// loopback TCP; its server, pinned to CPU `pair % cpus`, writes each
@@ -289,7 +298,6 @@ pub fn round_trip(shape: &DiskShape<'_>, written: bool) -> Result<PathFloor, Dis
         per_s,
         jobs: pairs,
     } = *shape;
-    let io = |what: &'static str| move |source| DiskFloorError::Path { what, source };
     let cpus = allowed_cpus()
         .ok()
         .filter(|c| !c.is_empty())
@@ -390,7 +398,6 @@ fn serve(
     write_len: usize,
     file_len: u64,
 ) -> Result<(), DiskFloorError> {
-    let io = |what: &'static str| move |source| DiskFloorError::Path { what, source };
     let (mut sock, _) = listener.accept().map_err(io("accepting the client"))?;
     sock.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
     let mut log = file
@@ -438,12 +445,6 @@ struct PathLog {
 impl PathLog {
     fn prepare(file: &std::path::Path, len: usize, file_len: u64) -> Result<Self, DiskFloorError> {
         use rustix::fs::{FallocateFlags, Mode, OFlags};
-        let io = |what: &'static str| {
-            move |e: rustix::io::Errno| DiskFloorError::Path {
-                what,
-                source: e.into(),
-            }
-        };
         let fd = rustix::fs::open(
             file,
             OFlags::WRONLY | OFlags::CREATE | OFlags::DIRECT | OFlags::CLOEXEC,
@@ -478,17 +479,10 @@ impl PathLog {
         let block = &self.buf[self.skip..self.skip + self.len];
         let mut done = 0;
         while done < block.len() {
-            let n = rustix::io::pwrite(&self.fd, &block[done..], self.at + done as u64).map_err(
-                |e| DiskFloorError::Path {
-                    what: "writing",
-                    source: e.into(),
-                },
-            )?;
+            let n = rustix::io::pwrite(&self.fd, &block[done..], self.at + done as u64)
+                .map_err(io("writing"))?;
             if n == 0 {
-                return Err(DiskFloorError::Path {
-                    what: "writing",
-                    source: std::io::ErrorKind::WriteZero.into(),
-                });
+                return Err(io("writing")(std::io::ErrorKind::WriteZero));
             }
             done += n;
         }
@@ -505,11 +499,10 @@ fn drive(
     per_s: u64,
     run_for: Duration,
 ) -> Result<hdrhistogram::Histogram<u64>, DiskFloorError> {
-    let io = |what: &'static str| move |source| DiskFloorError::Path { what, source };
     // Sleeps end when due, not up to 50 µs later (the default timer
     // slack): loadgen's producers pace on timerfds, which have none.
     rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1))
-        .map_err(|e| io("setting the timer slack")(e.into()))?;
+        .map_err(io("setting the timer slack"))?;
     let mut sock = std::net::TcpStream::connect(addr).map_err(io("connecting"))?;
     sock.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
     let (req, mut reply) = (vec![0x5a_u8; request], [0u8; 8]);
