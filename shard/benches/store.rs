@@ -395,11 +395,16 @@ const SYNC_SEGMENT_BYTES: u64 = 128 << 20;
 /// Appenders in the sync case, each with one 1 KiB record in flight.
 const SYNC_APPENDERS: usize = 256;
 
+/// What each sync-case appender appends: one 1 KiB record.
+fn sync_batch() -> Bytes {
+    build_batch(0, 1024, 64 * 1024, Some(1))
+}
+
 /// The log bytes of one group-commit round of the sync case: every
 /// appender's entry (its one-record batch and the entry prefix), rounded
 /// up to whole 4 KiB blocks.
 fn sync_round_bytes() -> usize {
-    let entry = build_batch(0, 1024, 64 * 1024, Some(1)).len() + ENTRY_PREFIX_BYTES;
+    let entry = sync_batch().len() + ENTRY_PREFIX_BYTES;
     (SYNC_APPENDERS * entry).next_multiple_of(4096)
 }
 
@@ -419,7 +424,7 @@ fn sync_acks(dir: PathBuf, seconds: u64, prepare: SegmentPrepare) -> SyncRound {
             .create_queue(&topic(), QueueId(0))
             .await
             .expect("queue");
-        let batch = build_batch(0, 1024, 64 * 1024, Some(1));
+        let batch = sync_batch();
         let measure_from = Instant::now() + SYNC_WARMUP;
         let deadline = measure_from + Duration::from_secs(seconds);
         let tasks: Vec<_> = (0..SYNC_APPENDERS)
@@ -691,6 +696,11 @@ fn md_spread(x: &Spread, digits: usize) -> String {
     format!("{:.d$} ({:.d$}-{:.d$})", x.median, x.min, x.max, d = digits)
 }
 
+/// One figure `f` of every round in `rs`, as a table cell.
+fn md_cell<T>(rs: &[T], f: impl Fn(&T) -> f64, digits: usize) -> String {
+    md_spread(&spread(rs.iter().map(f).collect()), digits)
+}
+
 /// Appenders in flight for the async case: each has one append
 /// outstanding, as a producer connection with that many pipelined sends.
 const ASYNC_APPENDERS: [usize; 2] = [16, 64];
@@ -718,9 +728,9 @@ fn run_async(s: &Settings, md: &mut String) -> Result<Value, String> {
         let ratio = spread(rs.iter().zip(&fio_mib).map(|(r, f)| r.mib_s / f).collect());
         *md += &format!(
             "| {n} | {} | {} | {} | {} |\n",
-            md_spread(&spread(rs.iter().map(|r| r.mib_s).collect()), 1),
-            md_spread(&spread(rs.iter().map(|r| r.records_s).collect()), 0),
-            md_spread(&spread(rs.iter().map(|r| r.cpu_us_per_mib).collect()), 0),
+            md_cell(rs, |r| r.mib_s, 1),
+            md_cell(rs, |r| r.records_s, 0),
+            md_cell(rs, |r| r.cpu_us_per_mib, 0),
             md_spread(&ratio, 2),
         );
         out.insert(
@@ -749,7 +759,7 @@ const PREPARES: [(SegmentPrepare, &str); 3] = [
 
 fn run_sync(s: &Settings, md: &mut String) -> Result<Value, String> {
     let mut fio_r = Vec::new();
-    let mut floor_r = Vec::new();
+    let mut round_r = Vec::new();
     let round_bytes = sync_round_bytes();
     let mut rounds: Vec<Vec<SyncRound>> = vec![Vec::new(); PREPARES.len()];
     for r in 0..s.rounds {
@@ -759,7 +769,7 @@ fn run_sync(s: &Settings, md: &mut String) -> Result<Value, String> {
             s.rounds
         );
         fio_r.push(fio_fdatasync(&fresh_dir(&s.dir), s.seconds, 4096, false)?);
-        floor_r.push(fio_fdatasync(
+        round_r.push(fio_fdatasync(
             &fresh_dir(&s.dir),
             s.seconds,
             round_bytes,
@@ -769,12 +779,6 @@ fn run_sync(s: &Settings, md: &mut String) -> Result<Value, String> {
             rounds[i].push(sync_acks(s.dir.clone(), s.seconds, *prepare));
         }
     }
-    let cell = |rs: &[SyncRound], f: &dyn Fn(&SyncRound) -> f64, d: usize| {
-        md_spread(&spread(rs.iter().map(f).collect()), d)
-    };
-    let fio_cell = |rs: &[FsyncFigures], f: &dyn Fn(&FsyncFigures) -> f64| {
-        md_spread(&spread(rs.iter().map(f).collect()), 0)
-    };
     let ratio = |a: &[f64], b: &[FsyncFigures], f: &dyn Fn(&FsyncFigures) -> f64| {
         spread(a.iter().zip(b).map(|(x, y)| x / f(y)).collect())
     };
@@ -793,15 +797,15 @@ fn run_sync(s: &Settings, md: &mut String) -> Result<Value, String> {
         let p99s: Vec<f64> = rs.iter().map(|r| r.p99_us).collect();
         let tput = ratio(&acks, &fio_r, &|f| f.iops);
         let p99 = ratio(&p99s, &fio_r, &|f| f.p99_us);
-        let p99_round = ratio(&p99s, &floor_r, &|f| f.p99_us);
+        let p99_round = ratio(&p99s, &round_r, &|f| f.p99_us);
         *md += &format!(
             "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            cell(rs, &|r| r.acks_s, 0),
-            cell(rs, &|r| r.p50_us, 0),
-            cell(rs, &|r| r.p99_us, 0),
-            cell(rs, &|r| r.p999_us, 0),
-            cell(rs, &|r| r.max_us, 0),
-            cell(rs, &|r| r.cpu_us_per_ack, 1),
+            md_cell(rs, |r| r.acks_s, 0),
+            md_cell(rs, |r| r.p50_us, 0),
+            md_cell(rs, |r| r.p99_us, 0),
+            md_cell(rs, |r| r.p999_us, 0),
+            md_cell(rs, |r| r.max_us, 0),
+            md_cell(rs, |r| r.cpu_us_per_ack, 1),
             md_spread(&tput, 1),
             md_spread(&p99, 2),
             md_spread(&p99_round, 2),
@@ -819,19 +823,19 @@ fn run_sync(s: &Settings, md: &mut String) -> Result<Value, String> {
                 "fio one round: {} KiB direct write+fdatasync",
                 round_bytes >> 10
             ),
-            &floor_r,
+            &round_r,
         ),
     ] {
         *md += &format!(
             "| {label} | {} IOPS | {} | {} | {} | | | | | |\n",
-            fio_cell(rs, &|f| f.iops),
-            fio_cell(rs, &|f| f.p50_us),
-            fio_cell(rs, &|f| f.p99_us),
-            fio_cell(rs, &|f| f.p999_us),
+            md_cell(rs, |f| f.iops, 0),
+            md_cell(rs, |f| f.p50_us, 0),
+            md_cell(rs, |f| f.p99_us, 0),
+            md_cell(rs, |f| f.p999_us, 0),
         );
     }
-    let floor_p99: Vec<f64> = floor_r.iter().map(|f| f.p99_us).collect();
-    let floor_ratio = ratio(&floor_p99, &fio_r, &|f| f.p99_us);
+    let round_p99: Vec<f64> = round_r.iter().map(|f| f.p99_us).collect();
+    let round_ratio = ratio(&round_p99, &fio_r, &|f| f.p99_us);
     *md += &format!(
         "\nThe round row is the disk's work for one group-commit round with no store in \
          it: the log bytes of {SYNC_APPENDERS} appenders' entries written straight to disk, \
@@ -839,13 +843,13 @@ fn run_sync(s: &Settings, md: &mut String) -> Result<Value, String> {
          the write's and the fdatasync's. Its p99 is {} times the 4 KiB row's (per round, \
          median (min-max)): what the disk alone charges for a round, against the figure the \
          p99 target is set by.\n\n",
-        md_spread(&floor_ratio, 2)
+        md_spread(&round_ratio, 2)
     );
     out.insert("fio".into(), json!(fio_r));
     out.insert(
         "fio_round".into(),
-        json!({"bytes": round_bytes, "direct": true, "rounds": floor_r,
-               "p99_ratio_to_fio": floor_ratio}),
+        json!({"bytes": round_bytes, "direct": true, "rounds": round_r,
+               "p99_ratio_to_fio": round_ratio}),
     );
     Ok(Value::Object(out))
 }
