@@ -57,10 +57,17 @@ fn append_fetch_across_segments_and_restarts() {
 
 #[test]
 fn sync_mode_survives_a_crash_and_async_keeps_a_prefix() {
-    for flush in [FlushMode::Sync, FlushMode::Async] {
+    // Sync with write-through segments (the default), sync with an
+    // fdatasync after the writes, async.
+    for (flush, write_through) in [
+        (FlushMode::Sync, true),
+        (FlushMode::Sync, false),
+        (FlushMode::Async, true),
+    ] {
         run(move || async move {
             let mut cfg = small_config("/data");
             cfg.flush = flush;
+            cfg.write_through = write_through;
             cfg.flush_interval_ms = 3_600_000;
             let (disk, store, q) = fresh_store(cfg.clone()).await;
             let mut acked = Vec::new();
@@ -149,6 +156,7 @@ fn one_fdatasync_covers_a_round_written_in_several_pieces() {
         run(move || async move {
             let mut cfg = small_config("/data");
             cfg.flush = FlushMode::Sync;
+            cfg.write_through = false;
             let (disk, store, q) = fresh_store(cfg.clone()).await;
             disk.set_write_jitter(seed);
             store.append(q, batch(0, &bodies(1, 1, 10))).await.unwrap();
@@ -173,48 +181,98 @@ fn one_fdatasync_covers_a_round_written_in_several_pieces() {
     }
 }
 
+/// Sync mode with write-through segments: a log write is durable when it
+/// completes, so appends are acknowledged with no fdatasync at all, and a
+/// crash right after keeps every one of them.
+#[test]
+fn write_through_sync_needs_no_fdatasync() {
+    for seed in [None, Some(5)] {
+        run(move || async move {
+            let mut cfg = small_config("/data");
+            cfg.flush = FlushMode::Sync;
+            let (disk, store, q) = fresh_store(cfg.clone()).await;
+            disk.set_write_jitter(seed);
+            let syncs = disk.op_count(DiskOp::Sync);
+            let futures: Vec<_> = (0..6u64)
+                .map(|i| {
+                    let (store, b) = (store.clone(), bodies(i, 10, 1000));
+                    async move {
+                        store.append(q, batch(0, &b)).await.unwrap();
+                        b
+                    }
+                })
+                .collect();
+            let acked: Vec<Vec<u8>> = futures::future::join_all(futures)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            assert_eq!(
+                disk.op_count(DiskOp::Sync),
+                syncs,
+                "no fdatasync (jitter {seed:?})"
+            );
+            disk.crash(Some(1));
+            drop(store);
+            let (_store, mut got) = reopen_and_read(disk.clone(), cfg).await;
+            let mut acked = acked;
+            got.sort();
+            acked.sort();
+            assert_eq!(got, acked, "every acknowledged record survives");
+        });
+    }
+}
+
 #[test]
 fn a_failed_fsync_poisons_the_store() {
-    run(|| async {
-        let mut cfg = small_config("/data");
-        cfg.flush = FlushMode::Sync;
-        let (disk, store, q) = fresh_store(cfg.clone()).await;
-        store.append(q, batch(0, &bodies(1, 1, 10))).await.unwrap();
-        disk.fail(DiskOp::Sync, 0, libc::EIO);
-        let err = store
-            .append(q, batch(0, &bodies(2, 1, 10)))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Poisoned(_)), "{err}");
-        let message = err.to_string();
-        assert_eq!(
-            message.matches("refuses writes").count(),
-            1,
-            "cause wrapped once: {message}"
-        );
-        assert!(
-            message.contains("fdatasync"),
-            "names the failed operation: {message}"
-        );
-        let err = store
-            .append(q, batch(0, &bodies(3, 1, 10)))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, StoreError::Poisoned(_)),
-            "later appends are refused too: {err}"
-        );
-        // What was acknowledged is still served.
-        assert_eq!(read_all(&store, q).await.len(), 1);
-        assert!(store.close().await.is_err());
-        // A restart recovers; only the acknowledged record is guaranteed.
-        disk.crash(None);
-        let store = Store::open(disk.clone(), cfg).await.unwrap();
-        let q = store.queue(&topic(), QueueId(0)).unwrap();
-        let got = read_all(&store, q).await;
-        assert!(!got.is_empty() && got[0].1 == bodies(1, 1, 10)[0]);
-        store.close().await.unwrap();
-    });
+    // With write-through segments the write is what makes a record
+    // durable, so its failure is the lost fsync.
+    for (write_through, op, name) in [
+        (false, DiskOp::Sync, "fdatasync"),
+        (true, DiskOp::Write, "write"),
+    ] {
+        run(move || async move {
+            let mut cfg = small_config("/data");
+            cfg.flush = FlushMode::Sync;
+            cfg.write_through = write_through;
+            let (disk, store, q) = fresh_store(cfg.clone()).await;
+            store.append(q, batch(0, &bodies(1, 1, 10))).await.unwrap();
+            disk.fail(op, 0, libc::EIO);
+            let err = store
+                .append(q, batch(0, &bodies(2, 1, 10)))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Poisoned(_)), "{err}");
+            let message = err.to_string();
+            assert_eq!(
+                message.matches("refuses writes").count(),
+                1,
+                "cause wrapped once: {message}"
+            );
+            assert!(
+                message.contains(name),
+                "names the failed operation: {message}"
+            );
+            let err = store
+                .append(q, batch(0, &bodies(3, 1, 10)))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::Poisoned(_)),
+                "later appends are refused too: {err}"
+            );
+            // What was acknowledged is still served.
+            assert_eq!(read_all(&store, q).await.len(), 1);
+            assert!(store.close().await.is_err());
+            // A restart recovers; only the acknowledged record is guaranteed.
+            disk.crash(None);
+            let store = Store::open(disk.clone(), cfg).await.unwrap();
+            let q = store.queue(&topic(), QueueId(0)).unwrap();
+            let got = read_all(&store, q).await;
+            assert!(!got.is_empty() && got[0].1 == bodies(1, 1, 10)[0]);
+            store.close().await.unwrap();
+        });
+    }
 }
 
 #[test]

@@ -77,11 +77,19 @@ async fn check_all(store: &Store<MemDisk>, model: &Model) -> Result<(), String> 
     Ok(())
 }
 
-async fn run_ops(flush: FlushMode, jitter_seed: Option<u64>, ops: Vec<Op>) -> Result<(), String> {
+/// Runs `ops` against a store in `flush` mode (with write-through log
+/// segments or not) and the model.
+async fn run_ops(
+    flush: FlushMode,
+    write_through: bool,
+    jitter_seed: Option<u64>,
+    ops: Vec<Op>,
+) -> Result<(), String> {
     let disk = MemDisk::new();
     disk.set_write_jitter(jitter_seed);
     let mut cfg = small_config("/data");
     cfg.flush = flush;
+    cfg.write_through = write_through;
     // Async syncs only when forced, so crashes really lose unsynced data.
     cfg.flush_interval_ms = 3_600_000;
     // Periodic checkpoints all along, taken while writes and fdatasyncs
@@ -274,14 +282,18 @@ proptest! {
     })]
 
     #[test]
-    fn sync_store_matches_model(seed in 1u64.., ops in proptest::collection::vec(op(), 1..40)) {
-        let result = run(move || run_ops(FlushMode::Sync, Some(seed), ops));
+    fn sync_store_matches_model(
+        seed in 1u64..,
+        write_through in any::<bool>(),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        let result = run(move || run_ops(FlushMode::Sync, write_through, Some(seed), ops));
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 
     #[test]
     fn async_store_keeps_a_prefix(seed in 1u64.., ops in proptest::collection::vec(op(), 1..40)) {
-        let result = run(move || run_ops(FlushMode::Async, Some(seed), ops));
+        let result = run(move || run_ops(FlushMode::Async, true, Some(seed), ops));
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 }

@@ -24,7 +24,7 @@
 //! prefix belongs mean "no more entries in this segment". Segment files are
 //! named by their first log position, `<position:020>.log`.
 
-use super::disk::{align_up, Disk, DiskFile, BLOCK_BYTES};
+use super::disk::{align_up, Disk, DiskError, DiskFile, BLOCK_BYTES};
 use super::{SegmentPrepare, StoreConfig, StoreError};
 use futures::channel::oneshot;
 use std::collections::{BTreeMap, VecDeque};
@@ -154,7 +154,7 @@ pub(crate) async fn create_segment<D: Disk>(
         if let Some(spare) = find_spare(disk, cfg).await? {
             disk.rename(&spare, &path).await?;
             disk.sync_dir(&cfg.log_dir()).await?;
-            let file = disk.open(&path, false).await?;
+            let file = open_segment(disk, cfg, &path).await?;
             if file.size().await? >= cfg.segment_bytes {
                 return Ok(file);
             }
@@ -186,7 +186,27 @@ pub(crate) async fn create_segment<D: Disk>(
             StoreError::Io(e)
         });
     }
-    Ok(file)
+    if !cfg.log_write_through() {
+        return Ok(file);
+    }
+    // Prepared with plain writes (a zero-fill would otherwise flush every
+    // MiB), appended to write-through.
+    file.close().await?;
+    Ok(open_segment(disk, cfg, &path).await?)
+}
+
+/// Opens an existing segment for appending and reading: write-through
+/// when [`StoreConfig::log_write_through`].
+pub(crate) async fn open_segment<D: Disk>(
+    disk: &D,
+    cfg: &StoreConfig,
+    path: &std::path::Path,
+) -> Result<D::File, DiskError> {
+    if cfg.log_write_through() {
+        disk.open_write_through(path, false).await
+    } else {
+        disk.open(path, false).await
+    }
 }
 
 /// Bytes placed but not yet handed to the disk, all in one segment, laid

@@ -72,6 +72,10 @@ pub trait Disk: Clone + 'static {
     type File: DiskFile;
     /// Opens `path` for reading and writing, creating it if `create`.
     async fn open(&self, path: &Path, create: bool) -> Result<Self::File, DiskError>;
+    /// [`Disk::open`], write-through (`O_DSYNC`): each write is durable
+    /// when it completes, as if an fdatasync had followed it, so none need
+    /// follow. Covers that write's bytes only.
+    async fn open_write_through(&self, path: &Path, create: bool) -> Result<Self::File, DiskError>;
     /// Deletes a file.
     async fn remove(&self, path: &Path) -> Result<(), DiskError>;
     /// Renames a file, replacing `to` (atomic on POSIX filesystems).
@@ -186,18 +190,15 @@ impl Disk for DmaDisk {
     type File = DmaDiskFile;
 
     async fn open(&self, path: &Path, create: bool) -> Result<DmaDiskFile, DiskError> {
-        prime_iopoll_probe(path.parent().unwrap_or(Path::new("."))).await?;
-        let file = glommio::io::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .dma_open(path)
-            .await
-            .map_err(|e| glommio_err("open", path, e))?;
-        Ok(DmaDiskFile {
-            file,
-            path: path.to_owned(),
-        })
+        DmaDiskFile::open(path, create, 0).await
+    }
+
+    async fn open_write_through(
+        &self,
+        path: &Path,
+        create: bool,
+    ) -> Result<DmaDiskFile, DiskError> {
+        DmaDiskFile::open(path, create, libc::O_DSYNC).await
     }
 
     async fn remove(&self, path: &Path) -> Result<(), DiskError> {
@@ -253,6 +254,23 @@ fn fill(dst: &mut [u8], parts: &[&[u8]]) {
 }
 
 impl DmaDiskFile {
+    /// Opens `path` for direct I/O with extra `open(2)` `flags`.
+    async fn open(path: &Path, create: bool, flags: i32) -> Result<Self, DiskError> {
+        prime_iopoll_probe(path.parent().unwrap_or(Path::new("."))).await?;
+        let file = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .custom_flags(flags)
+            .dma_open(path)
+            .await
+            .map_err(|e| glommio_err("open", path, e))?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
     /// A write's result: an error unless all `len` bytes were written.
     fn whole_write(
         &self,
@@ -433,8 +451,8 @@ impl MemFs {
 }
 
 /// An in-memory disk for tests: faults on demand, a capacity, and crashes
-/// that keep only synced bytes (optionally plus a torn prefix of the last
-/// write). Folder operations are durable at once.
+/// that keep only synced bytes and completed writes of write-through files
+/// (optionally plus a torn prefix of the last other write). Folder operations are durable at once.
 #[derive(Debug, Clone, Default)]
 pub struct MemDisk {
     fs: Rc<RefCell<MemFs>>,
@@ -446,6 +464,8 @@ pub struct MemDiskFile {
     fs: Rc<RefCell<MemFs>>,
     file: Rc<RefCell<MemFile>>,
     path: PathBuf,
+    /// Opened write-through: each write is durable once it completes.
+    write_through: bool,
 }
 
 impl MemDisk {
@@ -506,6 +526,36 @@ impl MemDisk {
         }
     }
 
+    /// Opens `path` (a write-through file's writes are durable at once).
+    fn open_file(
+        &self,
+        path: &Path,
+        create: bool,
+        write_through: bool,
+    ) -> Result<MemDiskFile, DiskError> {
+        let mut fs = self.fs.borrow_mut();
+        fs.check(DiskOp::Open, path)?;
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if !fs.dirs.contains(parent) {
+            return Err(not_found("open", path));
+        }
+        let file = match fs.files.get(path) {
+            Some(f) => f.clone(),
+            None if create => {
+                let f = Rc::new(RefCell::new(MemFile::default()));
+                fs.files.insert(path.to_owned(), f.clone());
+                f
+            }
+            None => return Err(not_found("open", path)),
+        };
+        Ok(MemDiskFile {
+            fs: self.fs.clone(),
+            file,
+            path: path.to_owned(),
+            write_through,
+        })
+    }
+
     /// Paths of all files, sorted.
     pub fn paths(&self) -> Vec<PathBuf> {
         self.fs.borrow().files.keys().cloned().collect()
@@ -555,26 +605,15 @@ impl Disk for MemDisk {
     type File = MemDiskFile;
 
     async fn open(&self, path: &Path, create: bool) -> Result<MemDiskFile, DiskError> {
-        let mut fs = self.fs.borrow_mut();
-        fs.check(DiskOp::Open, path)?;
-        let parent = path.parent().unwrap_or(Path::new(""));
-        if !fs.dirs.contains(parent) {
-            return Err(not_found("open", path));
-        }
-        let file = match fs.files.get(path) {
-            Some(f) => f.clone(),
-            None if create => {
-                let f = Rc::new(RefCell::new(MemFile::default()));
-                fs.files.insert(path.to_owned(), f.clone());
-                f
-            }
-            None => return Err(not_found("open", path)),
-        };
-        Ok(MemDiskFile {
-            fs: self.fs.clone(),
-            file,
-            path: path.to_owned(),
-        })
+        self.open_file(path, create, false)
+    }
+
+    async fn open_write_through(
+        &self,
+        path: &Path,
+        create: bool,
+    ) -> Result<MemDiskFile, DiskError> {
+        self.open_file(path, create, true)
     }
 
     async fn remove(&self, path: &Path) -> Result<(), DiskError> {
@@ -654,8 +693,14 @@ impl DiskFile for MemDiskFile {
             "write",
             &self.path,
         )?;
-        write_into(&mut self.file.borrow_mut().data, pos, &data);
-        fs.last_write = Some((self.file.clone(), pos, data));
+        let mut file = self.file.borrow_mut();
+        write_into(&mut file.data, pos, &data);
+        if self.write_through {
+            write_into(&mut file.durable, pos, &data);
+        } else {
+            drop(file);
+            fs.last_write = Some((self.file.clone(), pos, data));
+        }
         Ok(())
     }
 

@@ -3,7 +3,8 @@
 //! happens here, in order, so appends never hold a borrow across an await
 //! and group commit falls out of the loop: whatever was placed while the
 //! last round was on the disk is written, and in `sync` mode covered by
-//! one fdatasync, in the next. Index blocks and periodic checkpoints are
+//! one fdatasync, in the next (or, with write-through segments, durable
+//! when its write completes). Index blocks and periodic checkpoints are
 //! the indexer's, beside it; the clean checkpoint at close is the
 //! flusher's, once everything is written and synced.
 
@@ -362,8 +363,9 @@ impl<D: Disk> Flusher<D> {
 
     /// Issues `write`, a write of the current segment, as its own task
     /// once a write slot is free and any earlier write to its first block
-    /// is done. Its completion moves `written_pos` (in order) and, in
-    /// `async` mode, acknowledges.
+    /// is done. Its completion moves `written_pos` (in order) and
+    /// acknowledges in `async` mode, and in `sync` mode when the log is
+    /// write-through (the write was durable when it completed).
     async fn issue(&mut self, inner: &Rc<Inner<D>>, write: LogWrite) -> Result<(), StoreError> {
         if let Some(earlier) = self.partial_write.take() {
             let _ = earlier.await;
@@ -394,7 +396,10 @@ impl<D: Disk> Flusher<D> {
                 Ok(()) => {
                     if let Some(to) = writes.borrow_mut().complete(end) {
                         inner.state.borrow_mut().log.written_pos = to;
-                        if inner.cfg.flush == FlushMode::Async {
+                        if inner.cfg.log_write_through() {
+                            // Durable already: no fdatasync follows.
+                            mark_synced(&inner, to);
+                        } else if inner.cfg.flush == FlushMode::Async {
                             acknowledge(&inner, to);
                         }
                     }
@@ -496,7 +501,11 @@ impl<D: Disk> Flusher<D> {
         if let Some(cause) = inner.state.borrow().poisoned.clone() {
             return Err(StoreError::Poisoned(cause));
         }
-        let written = inner.state.borrow().log.written_pos;
+        let (written, synced) = {
+            let st = inner.state.borrow();
+            (st.log.written_pos, st.log.synced_pos)
+        };
+        self.sync_started_to = self.sync_started_to.max(synced);
         if written > self.sync_started_to {
             for file in Self::files_between(inner, self.sync_started_to, written) {
                 file.sync().await?;

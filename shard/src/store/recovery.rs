@@ -57,7 +57,8 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
     for name in disk.list(&cfg.log_dir()).await? {
         match commit_log::parse_segment_name(&name) {
             Some(start) if start % cfg.segment_bytes == 0 => {
-                let file = disk.open(&cfg.log_dir().join(&name), false).await?;
+                let file =
+                    commit_log::open_segment(&disk, &cfg, &cfg.log_dir().join(&name)).await?;
                 segments.insert(start, Rc::new(file));
             }
             _ => {
