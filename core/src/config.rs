@@ -13,8 +13,10 @@ pub enum FlushMode {
     /// may lose the last interval.
     #[default]
     Async,
-    /// Ack only after an fdatasync covering the record (shared by every
-    /// append waiting on it). Survives a broker crash and a power loss.
+    /// Ack only once the record is durable: its log write was write-through
+    /// (`O_DSYNC`), or an fdatasync covered it; either way one disk
+    /// operation serves every append waiting on it. Survives a broker crash
+    /// and a power loss.
     Sync,
 }
 

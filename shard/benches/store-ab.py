@@ -10,7 +10,10 @@ pairs B came out better.
     python3 shard/benches/store-ab.py --a OLD_BIN --b NEW_BIN \
         [--a-label before] [--b-label after] [--pairs 4] [--seconds 5] \
         [--only async,sync] [--dir /var/tmp/ringmq-store-ab] [--out bench-results] \
-        [--title T] [--about TEXT]
+        [--title T] [--about TEXT] [--a-args="ARGS"] [--b-args="ARGS"]
+
+`--a-args` / `--b-args` add bench arguments to one side only, so one build
+can be compared with itself under two settings (e.g. `--write-through off`).
 
 Build each side with `cargo bench -p ringmq-shard --bench store --no-run` and
 copy the executable it names (target/release/deps/store-*) before switching
@@ -64,11 +67,11 @@ def dig(value, path):
     return value
 
 
-def run_once(binary, args):
+def run_once(binary, extra, args):
     out = tempfile.mkdtemp(prefix="store-ab-")
     try:
         cmd = [binary, "--bench", "--rounds", "1", "--seconds", str(args.seconds),
-               "--only", args.only, "--dir", args.dir, "--out", out]
+               "--only", args.only, "--dir", args.dir, "--out", out, *extra]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
             sys.exit(f"{binary} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
@@ -103,7 +106,7 @@ def render(doc):
     md += (f"Machine: {doc['machine']['cpu_model']}, {doc['machine']['cores']} cores, kernel "
            f"{doc['machine']['kernel']}. {s['pairs']} pairs, order alternating, "
            f"`--seconds {s['seconds']} --only {s['only']}` per run; "
-           f"{a} = `{s['a']}`, {b} = `{s['b']}`.\n\n")
+           f"{a} = `{s['a']} {s.get('a_args', '')}`, {b} = `{s['b']} {s.get('b_args', '')}`.\n\n")
     md += f"| figure | {a} median (min-max) | {b} median (min-max) | {b} better in |\n|---|---:|---:|---:|\n"
     for row in doc["figures"]:
         cells = []
@@ -114,7 +117,9 @@ def render(doc):
         md += f"| {row['label']} | {cells[0]} | {cells[1]} | {better} |\n"
     md += ("\nEach run is the store bench with `--rounds 1`; its own JSON is kept under `runs` "
            "in this file's JSON.\n\nReproduce: `python3 shard/benches/store-ab.py --a A_BIN --b B_BIN "
-           f"--pairs {s['pairs']} --seconds {s['seconds']} --only {s['only']}`\n")
+           f"--pairs {s['pairs']} --seconds {s['seconds']} --only {s['only']}"
+           + (f" --a-args \"{s['a_args']}\"" if s.get('a_args') else "")
+           + (f" --b-args \"{s['b_args']}\"" if s.get('b_args') else "") + "`\n")
     return md
 
 
@@ -131,6 +136,8 @@ def main():
     p.add_argument("--out", default="bench-results")
     p.add_argument("--title", default="Store bench A/B")
     p.add_argument("--about", default="")
+    p.add_argument("--a-args", default="", help="extra bench arguments for A")
+    p.add_argument("--b-args", default="", help="extra bench arguments for B")
     args = p.parse_args()
     for binary in (args.a, args.b):
         if not os.access(binary, os.X_OK):
@@ -144,7 +151,8 @@ def main():
         pair = {}
         for side in order:
             print(f"pair {i + 1}/{args.pairs}: {side}", file=sys.stderr, flush=True)
-            pair[side] = run_once(getattr(args, side), args)
+            extra = getattr(args, f"{side}_args").split()
+            pair[side] = run_once(getattr(args, side), extra, args)
         runs.append({"order": list(order), **pair})
 
     figures = []
@@ -167,7 +175,8 @@ def main():
         "machine": runs[0]["a"].get("machine", {"cpu_model": platform.processor(),
                                                  "cores": os.cpu_count(),
                                                  "kernel": platform.release()}),
-        "settings": {"a": args.a, "b": args.b, "a_label": args.a_label, "b_label": args.b_label,
+        "settings": {"a": args.a, "b": args.b, "a_args": args.a_args, "b_args": args.b_args,
+                     "a_label": args.a_label, "b_label": args.b_label,
                      "pairs": args.pairs, "seconds": args.seconds, "only": args.only},
         # Each bench reports the commit of the folder it runs in, not the one
         # it was built from: the labels say which build is which.

@@ -7,7 +7,7 @@
 //!     [--out bench-results] [--seconds 8] [--rounds 3] \
 //!     [--scale-records 100000000] [--scale-queues 1000] [--only async,sync,scale] \
 //!     [--max-write-bytes N] [--writes-in-flight N] [--flush-mib N] [--flush-interval-ms N] \
-//!     [--cpu N]
+//!     [--cpu N] [--write-through on|off]
 //! ```
 //!
 //! - async: 1 shard, 1 KiB records in 64 KiB batches, 16 and 64 appenders: MiB/s
@@ -73,6 +73,8 @@ struct Tuning {
     flush_bytes: Option<u64>,
     /// `async` mode: fdatasync at least this often.
     flush_interval_ms: Option<u64>,
+    /// `sync` mode: write-through log segments (`StoreConfig::write_through`).
+    write_through: Option<bool>,
 }
 
 /// The tuning of this run, for every store the bench opens.
@@ -129,6 +131,13 @@ fn parse_args() -> Result<Settings, String> {
             "--flush-interval-ms" => {
                 s.tuning.flush_interval_ms =
                     Some(num("--flush-interval-ms", value("--flush-interval-ms")?)?)
+            }
+            "--write-through" => {
+                s.tuning.write_through = Some(match value("--write-through")?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(format!("--write-through: on or off, not {v:?}")),
+                })
             }
             other => {
                 return Err(format!(
@@ -235,6 +244,7 @@ fn bench_config(dir: &Path, flush: FlushMode) -> StoreConfig {
     cfg.writes_in_flight = t.writes_in_flight.unwrap_or(cfg.writes_in_flight);
     cfg.flush_bytes = t.flush_bytes.unwrap_or(cfg.flush_bytes);
     cfg.flush_interval_ms = t.flush_interval_ms.unwrap_or(cfg.flush_interval_ms);
+    cfg.write_through = t.write_through.unwrap_or(cfg.write_through);
     cfg
 }
 
@@ -792,11 +802,16 @@ fn run_sync(s: &Settings, md: &mut String) -> Result<Value, String> {
     };
     *md += &format!(
         "## sync appends: {SYNC_APPENDERS} appenders of single 1 KiB records, 1 shard\n\n\
-         {} MiB segments, retention at three segments, checkpoints every 100 ms, {} s warm-up not counted.\n\n\
+         {} MiB segments, retention at three segments, checkpoints every 100 ms, {} s warm-up not counted. {}\n\n\
          | segments | acks/s | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/ack | acks/s ÷ fio IOPS | p99 ÷ fio p99 | p99 ÷ round p99 |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         SYNC_SEGMENT_BYTES >> 20,
-        SYNC_WARMUP.as_secs()
+        SYNC_WARMUP.as_secs(),
+        if bench_config(&s.dir, FlushMode::Sync).log_write_through() {
+            "Segments are write-through (`O_DSYNC`): a log write is durable when it completes; no fdatasync follows it."
+        } else {
+            "Each round's writes are followed by one fdatasync (`--write-through off`)."
+        }
     );
     let mut out = serde_json::Map::new();
     for (i, (_, name)) in PREPARES.iter().enumerate() {
@@ -964,6 +979,7 @@ fn main() -> ExitCode {
             "writes_in_flight": bench_config(&s.dir, FlushMode::Async).writes_in_flight,
             "async_flush_bytes": bench_config(&s.dir, FlushMode::Async).flush_bytes,
             "async_flush_interval_ms": bench_config(&s.dir, FlushMode::Async).flush_interval_ms,
+            "sync_write_through": bench_config(&s.dir, FlushMode::Sync).write_through,
         },
         "results": results,
     });
