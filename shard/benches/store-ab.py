@@ -118,8 +118,8 @@ def render(doc):
     md += ("\nEach run is the store bench with `--rounds 1`; its own JSON is kept under `runs` "
            "in this file's JSON.\n\nReproduce: `python3 shard/benches/store-ab.py --a A_BIN --b B_BIN "
            f"--pairs {s['pairs']} --seconds {s['seconds']} --only {s['only']}"
-           + (f" --a-args \"{s['a_args']}\"" if s.get('a_args') else "")
-           + (f" --b-args \"{s['b_args']}\"" if s.get('b_args') else "") + "`\n")
+           + (f" --a-args=\"{s['a_args']}\"" if s.get('a_args') else "")
+           + (f" --b-args=\"{s['b_args']}\"" if s.get('b_args') else "") + "`\n")
     return md
 
 
