@@ -60,7 +60,7 @@ pub struct BrokerArgs {
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,
     /// When a send is acknowledged: `async` once written, `sync` once
-    /// fdatasynced. [default: async]
+    /// durable (log segments written through, `O_DSYNC`). [default: async]
     #[arg(long, value_name = "MODE")]
     pub flush: Option<String>,
     /// `async` mode: fdatasync at least this often. [default: 100]
