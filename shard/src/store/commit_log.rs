@@ -191,8 +191,17 @@ pub(crate) async fn create_segment<D: Disk>(
     }
     // Prepared with plain writes (a zero-fill would otherwise flush every
     // MiB), appended to write-through.
-    file.close().await?;
-    Ok(open_segment(disk, cfg, &path).await?)
+    let reopened = async {
+        file.close().await?;
+        open_segment(disk, cfg, &path).await
+    };
+    match reopened.await {
+        Ok(file) => Ok(file),
+        Err(e) => {
+            let _ = disk.remove(&path).await;
+            Err(StoreError::Io(e))
+        }
+    }
 }
 
 /// Opens an existing segment for appending and reading: write-through

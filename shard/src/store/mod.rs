@@ -103,12 +103,12 @@ pub struct StoreConfig {
     /// appends, with no fdatasync after it; one write still serves every
     /// append of its round. `false`: a write, then an fdatasync covering
     /// it (and every other write done by then). PostgreSQL's
-    /// `wal_sync_method = open_datasync` is the same choice. Store bench,
-    /// sync case, 8 pairs on this machine: acks/s higher in 7 of 8, p50
-    /// lower in 8 of 8, p99 lower in 5 of 8 (median 1.43 against 1.94 ms):
-    /// the flush is issued from the write's completion in the kernel, not
-    /// after a trip through the shard and the io_uring worker that runs
-    /// an fdatasync.
+    /// `wal_sync_method = open_datasync` is the same choice. The flush is
+    /// issued from the write's completion in the kernel, not after a trip
+    /// through the shard and the io_uring worker that runs an fdatasync:
+    /// store bench, sync case, recycled segments, one build both ways
+    /// (`bench-results/store-ab-2026-12-03T18-16-40Z-*`, 4 pairs): 463k
+    /// against 421k acks/s (4 of 4), p99 1.50 against 1.64 ms (3 of 4).
     pub write_through: bool,
     /// `async` mode: fdatasync at least this often while there are unsynced writes.
     pub flush_interval_ms: u64,
