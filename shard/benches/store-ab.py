@@ -26,6 +26,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -151,7 +152,7 @@ def main():
         pair = {}
         for side in order:
             print(f"pair {i + 1}/{args.pairs}: {side}", file=sys.stderr, flush=True)
-            extra = getattr(args, f"{side}_args").split()
+            extra = shlex.split(getattr(args, f"{side}_args"))
             pair[side] = run_once(getattr(args, side), extra, args)
         runs.append({"order": list(order), **pair})
 

@@ -111,7 +111,15 @@ fn parse_args() -> Result<Settings, String> {
             }
             "--only" => s.only = value("--only")?.split(',').map(str::to_owned).collect(),
             "--child" => s.child = Some(value("--child")?),
-            "--cpu" => s.cpu = Some(num("--cpu", value("--cpu")?)? as usize),
+            "--cpu" => {
+                let cpu = num("--cpu", value("--cpu")?)? as usize;
+                // An unknown CPU would fall back to an unpinned executor while
+                // the report still named it.
+                if !Path::new(&format!("/sys/devices/system/cpu/cpu{cpu}")).exists() {
+                    return Err(format!("--cpu {cpu}: no such CPU on this machine"));
+                }
+                s.cpu = Some(cpu);
+            }
             "--max-write-bytes" => {
                 s.tuning.max_write_bytes =
                     Some(num("--max-write-bytes", value("--max-write-bytes")?)? as usize)
@@ -965,6 +973,7 @@ fn main() -> ExitCode {
         s.seconds
     );
     print!("{md}");
+    let tuned = bench_config(&s.dir, FlushMode::Async);
     let report = json!({
         "bench": "store",
         "started_utc": started,
@@ -975,11 +984,11 @@ fn main() -> ExitCode {
             "scale_records": s.scale_records, "scale_queues": s.scale_queues, "only": s.only,
             "executor": format!("glommio, pinned to CPU {cpu} ({why})"),
             "store": "StoreConfig::new defaults (1 GiB segments, 64 MiB pending, 64 MiB tail cache) unless set below",
-            "max_write_bytes": bench_config(&s.dir, FlushMode::Async).max_write_bytes,
-            "writes_in_flight": bench_config(&s.dir, FlushMode::Async).writes_in_flight,
-            "async_flush_bytes": bench_config(&s.dir, FlushMode::Async).flush_bytes,
-            "async_flush_interval_ms": bench_config(&s.dir, FlushMode::Async).flush_interval_ms,
-            "sync_write_through": bench_config(&s.dir, FlushMode::Sync).write_through,
+            "max_write_bytes": tuned.max_write_bytes,
+            "writes_in_flight": tuned.writes_in_flight,
+            "async_flush_bytes": tuned.flush_bytes,
+            "async_flush_interval_ms": tuned.flush_interval_ms,
+            "sync_write_through": tuned.write_through,
         },
         "results": results,
     });
