@@ -216,7 +216,7 @@ pub(crate) async fn open_segment<D: Disk>(
     path: &std::path::Path,
 ) -> Result<D::File, DiskError> {
     if cfg.log_write_through() {
-        disk.open_write_through(path, false).await
+        disk.open_write_through(path).await
     } else {
         disk.open(path, false).await
     }

@@ -72,10 +72,11 @@ pub trait Disk: Clone + 'static {
     type File: DiskFile;
     /// Opens `path` for reading and writing, creating it if `create`.
     async fn open(&self, path: &Path, create: bool) -> Result<Self::File, DiskError>;
-    /// [`Disk::open`], write-through (`O_DSYNC`): each write is durable
-    /// when it completes, as if an fdatasync had followed it, so none need
-    /// follow. Covers that write's bytes only.
-    async fn open_write_through(&self, path: &Path, create: bool) -> Result<Self::File, DiskError>;
+    /// Opens the existing file `path` for reading and writing,
+    /// write-through (`O_DSYNC`): each write is durable when it completes,
+    /// as if an fdatasync had followed it, so none need follow. Covers that
+    /// write's bytes only. Files are made (and prepared) with [`Disk::open`].
+    async fn open_write_through(&self, path: &Path) -> Result<Self::File, DiskError>;
     /// Deletes a file.
     async fn remove(&self, path: &Path) -> Result<(), DiskError>;
     /// Renames a file, replacing `to` (atomic on POSIX filesystems).
@@ -193,12 +194,8 @@ impl Disk for DmaDisk {
         DmaDiskFile::open(path, create, 0).await
     }
 
-    async fn open_write_through(
-        &self,
-        path: &Path,
-        create: bool,
-    ) -> Result<DmaDiskFile, DiskError> {
-        DmaDiskFile::open(path, create, libc::O_DSYNC).await
+    async fn open_write_through(&self, path: &Path) -> Result<DmaDiskFile, DiskError> {
+        DmaDiskFile::open(path, false, libc::O_DSYNC).await
     }
 
     async fn remove(&self, path: &Path) -> Result<(), DiskError> {
@@ -608,12 +605,8 @@ impl Disk for MemDisk {
         self.open_file(path, create, false)
     }
 
-    async fn open_write_through(
-        &self,
-        path: &Path,
-        create: bool,
-    ) -> Result<MemDiskFile, DiskError> {
-        self.open_file(path, create, true)
+    async fn open_write_through(&self, path: &Path) -> Result<MemDiskFile, DiskError> {
+        self.open_file(path, false, true)
     }
 
     async fn remove(&self, path: &Path) -> Result<(), DiskError> {
