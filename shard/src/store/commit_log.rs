@@ -26,7 +26,6 @@
 
 use super::disk::{align_up, Disk, DiskError, DiskFile, BLOCK_BYTES};
 use super::{SegmentPrepare, StoreConfig, StoreError};
-use futures::channel::oneshot;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
@@ -273,7 +272,7 @@ pub(crate) struct Waiter {
     pub(crate) end_pos: u64,
     pub(crate) qnum: u32,
     pub(crate) next_offset: u64,
-    pub(crate) tx: Option<oneshot::Sender<Result<(), StoreError>>>,
+    pub(crate) tx: Option<super::ack::AckSender>,
 }
 
 /// Positions and buffers of the log, mutated without awaiting.

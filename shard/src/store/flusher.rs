@@ -556,7 +556,7 @@ fn acknowledge<D: Disk>(inner: &Inner<D>, ack_to: u64) {
             q.visible_next = w.next_offset;
         }
         if let Some(tx) = w.tx.take() {
-            let _ = tx.send(Ok(()));
+            tx.send(Ok(()));
         }
         // The end of an entry, never `ack_to` itself: a write or fdatasync
         // may end mid-entry, and a checkpoint records this position as
@@ -586,7 +586,7 @@ fn fail_waiters<D: Disk>(inner: &Inner<D>) {
             let err = cause
                 .clone()
                 .map_or(StoreError::Closed, StoreError::Poisoned);
-            let _ = tx.send(Err(err));
+            tx.send(Err(err));
         }
     }
 }

@@ -34,6 +34,7 @@
 //! all waiters at once: after the write in `async` mode, after one
 //! fdatasync in `sync` mode (group commit).
 
+mod ack;
 mod aligned;
 mod checkpoint;
 mod commit_log;
@@ -55,7 +56,6 @@ pub use ringmq_core::FlushMode;
 
 use bytes::Bytes;
 use commit_log::{EntryPrefix, LogState, Waiter};
-use futures::channel::oneshot;
 use queue_index::{FifoCache, IndexEntry, INDEX_ENTRY_BYTES};
 use queue_table::{QueueRow, QueueTable};
 use range_cache::RangeCache;
@@ -720,9 +720,9 @@ impl<D: Disk> Store<D> {
         // A full channel means the flusher is already woken.
         let _ = self.inner.wake.try_send(());
         match rx.await {
-            Ok(Ok(())) => Ok(appended),
-            Ok(Err(e)) => Err(e),
-            Err(oneshot::Canceled) => Err(StoreError::Closed),
+            Some(Ok(())) => Ok(appended),
+            Some(Err(e)) => Err(e),
+            None => Err(StoreError::Closed),
         }
     }
 
@@ -1096,8 +1096,6 @@ impl QueueState {
     }
 }
 
-type AckReceiver = oneshot::Receiver<Result<(), StoreError>>;
-
 /// Places a validated batch at the end of the log: offsets, stamp, bytes,
 /// index entries and a waiter. No awaiting, so per-queue order is append order.
 fn place<F: DiskFile>(
@@ -1105,7 +1103,7 @@ fn place<F: DiskFile>(
     q: QueueNum,
     batch: &Batch,
     now_ms: i64,
-) -> Result<(AckReceiver, Appended), StoreError> {
+) -> Result<(ack::AckReceiver, Appended), StoreError> {
     let count = batch.header().record_count;
     let base_offset = st.queue(q)?.next_offset;
     let entry_len = ENTRY_PREFIX_BYTES + batch.bytes().len();
@@ -1141,7 +1139,7 @@ fn place<F: DiskFile>(
     qs.next_offset += u64::from(count);
     let next_offset = qs.next_offset;
     st.index_grew(q.0, base_offset, next_offset);
-    let (tx, rx) = oneshot::channel();
+    let (tx, rx) = ack::ack_channel();
     st.log.waiters.push_back(Waiter {
         end_pos,
         qnum: q.0,
