@@ -103,7 +103,11 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 /// carved, in turn, from the room a 4 MiB buffer had left (no copy for the
 /// tail cache): fewer acks/s in 5 of 6 pairs, a median 1.29 against 1.21 µs of CPU
 /// per ack. Entries are then copied into memory the CPU cache has not
-/// seen for 64 MiB, which costs more than the copy it saves.
+/// seen for 64 MiB, which costs more than the copy it saves. Sized chunks
+/// were tried again once the bench's histograms no longer filled the CPU
+/// caches, half again the last round and that rounded to a power of two:
+/// more CPU per ack and fewer acks/s in 4 of 4 pairs each
+/// (`bench-results/store-ab-2026-12-03T21-49-57Z-*`, `...T21-56-28Z-*`).
 const CHUNK_CAPACITY_BYTES: usize = 4 << 20;
 
 /// Zero-fill writes this much at a time: large sequential writes.

@@ -295,7 +295,9 @@ impl<D: Disk> Flusher<D> {
         // which copies and drops at once, cost less than one of 64 MiB or
         // 8 MiB). The bytes are written into memory the cache last held
         // 64 MiB ago, out of every CPU cache. Tried: the copy with
-        // non-temporal stores (lower CPU in 6 of 10 pairs, not kept).
+        // non-temporal stores (lower CPU in 6 of 10 pairs, not kept), and
+        // chunks sized so the cache keeps them with no copy (worse: see
+        // `CHUNK_CAPACITY_BYTES`).
         let cached = if capacity > 2 * len + SMALL_ROUND_SLACK {
             bytes::Bytes::copy_from_slice(&data)
         } else {
