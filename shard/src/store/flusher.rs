@@ -289,15 +289,15 @@ impl<D: Disk> Flusher<D> {
         // empty buffer for as long as it is cached.
         //
         // In the sync case this copy is what the tail cache costs: about
-        // a tenth of the CPU per acknowledgement (store bench, sync,
-        // recycled segments, 2026-12-03, 4 pairs: 0.88-1.11 µs with no
-        // tail cache at all against 1.11-1.21 with it; a cache of 0 bytes,
-        // which copies and drops at once, cost less than one of 64 MiB or
-        // 8 MiB). The bytes are written into memory the cache last held
-        // 64 MiB ago, out of every CPU cache. Tried: the copy with
-        // non-temporal stores (lower CPU in 6 of 10 pairs, not kept), and
-        // chunks sized so the cache keeps them with no copy (worse: see
-        // `CHUNK_CAPACITY_BYTES`).
+        // a tenth of the CPU per acknowledgement (store bench, sync case
+        // with recycled segments alone in a fresh process, 2026-12-03, 4
+        // pairs: 0.88-1.11 µs with no tail cache at all against 1.11-1.21
+        // with it; a cache of 0 bytes, which copies and drops at once,
+        // cost less than one of 64 MiB or 8 MiB). The bytes are written
+        // into memory the cache last held 64 MiB ago, out of every CPU
+        // cache. Tried: the copy with non-temporal stores (lower CPU in 6
+        // of 10 pairs, not kept), and chunks sized so the cache keeps
+        // them with no copy (worse: see `CHUNK_CAPACITY_BYTES`).
         let cached = if capacity > 2 * len + SMALL_ROUND_SLACK {
             bytes::Bytes::copy_from_slice(&data)
         } else {
