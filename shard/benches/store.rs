@@ -37,7 +37,8 @@ mod support;
 use bytes::Bytes;
 use ringmq_core::{BatchBuilder, FlushMode, QueueId, RecordInput, TopicName};
 use ringmq_shard::store::{
-    disk_irq_cpu, DmaDisk, QueueNum, SegmentPrepare, Store, StoreConfig, ENTRY_PREFIX_BYTES,
+    cpu_exists, disk_irq_cpu, DmaDisk, QueueNum, SegmentPrepare, Store, StoreConfig,
+    ENTRY_PREFIX_BYTES,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -115,7 +116,7 @@ fn parse_args() -> Result<Settings, String> {
                 let cpu = num("--cpu", value("--cpu")?)? as usize;
                 // An unknown CPU would fall back to an unpinned executor while
                 // the report still named it.
-                if !Path::new(&format!("/sys/devices/system/cpu/cpu{cpu}")).exists() {
+                if !cpu_exists(cpu) {
                     return Err(format!("--cpu {cpu}: no such CPU on this machine"));
                 }
                 s.cpu = Some(cpu);

@@ -35,6 +35,12 @@ pub fn disk_irq_cpu(dir: &Path) -> Option<usize> {
         .or_else(|| routed?.first().copied())
 }
 
+/// Whether this machine has CPU `cpu` (its sysfs node exists): a pinned
+/// executor asked for one it lacks would fail, or fall back to no pinning.
+pub fn cpu_exists(cpu: usize) -> bool {
+    Path::new(&format!("/sys/devices/system/cpu/cpu{cpu}")).exists()
+}
+
 /// Parses a CPU list such as `0,2-3` (as `--cpus` takes and
 /// `/proc/irq/N/effective_affinity_list` reads) into `[0, 2, 3]`; `None`
 /// if it is malformed or empty.
@@ -146,9 +152,10 @@ NMI:          0          0   Non-maskable interrupts
     fn a_folder_on_this_machine_gets_an_online_cpu_or_none() {
         let dir = std::env::temp_dir();
         if let Some(cpu) = disk_irq_cpu(&dir) {
-            let node = format!("/sys/devices/system/cpu/cpu{cpu}");
-            assert!(Path::new(&node).exists(), "{node} exists");
+            assert!(cpu_exists(cpu), "CPU {cpu} exists");
         }
+        assert!(cpu_exists(0));
+        assert!(!cpu_exists(100_000));
         assert_eq!(disk_irq_cpu(Path::new("/no/such/folder")), None);
     }
 }

@@ -49,8 +49,8 @@ mod recovery;
 mod retention;
 
 pub use commit_log::ENTRY_PREFIX_BYTES;
-pub use device::disk_irq_cpu;
 pub(crate) use device::parse_cpu_list;
+pub use device::{cpu_exists, disk_irq_cpu};
 pub use disk::{Disk, DiskError, DiskFile, DiskOp, DmaDisk, MemDisk};
 pub use ringmq_core::FlushMode;
 
