@@ -96,18 +96,21 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 /// Capacity of a pending chunk: a few MiB is a full round at speed. Rounds
 /// of every size get the same capacity, so a buffer freed after its write
 /// is what the next round's allocation gets back, still in the CPU cache.
-/// Tried: chunks sized after the last round, kept by the tail cache with no
-/// copy. In `sync` mode (small rounds) that cost 20 % and 40 % more CPU per
-/// acknowledgement with recycled segments in two A/Bs
-/// (`shard/benches/store-ab.py`, 2026-12-03). Also tried: each round
-/// carved, in turn, from the room a 4 MiB buffer had left (no copy for the
-/// tail cache): fewer acks/s in 5 of 6 pairs, a median 1.29 against 1.21 µs of CPU
-/// per ack. Entries are then copied into memory the CPU cache has not
-/// seen for 64 MiB, which costs more than the copy it saves. Sized chunks
-/// were tried again once the bench's histograms no longer filled the CPU
-/// caches, half again the last round and that rounded to a power of two:
-/// more CPU per ack and fewer acks/s in 4 of 4 pairs each
-/// (`bench-results/store-ab-2026-12-03T21-49-57Z-*`, `...T21-56-28Z-*`).
+///
+/// Tried instead (store bench `sync`, recycled segments, `store-ab.py`):
+/// - chunks sized after the last round, kept by the tail cache with no
+///   copy: 20 % and 40 % more CPU per ack in two A/Bs (morning of
+///   2026-12-03);
+/// - each round carved, in turn, from the room a 4 MiB buffer had left
+///   (no copy for the tail cache): fewer acks/s in 5 of 6 pairs, a median
+///   1.29 against 1.21 µs of CPU per ack;
+/// - sized again once the bench's histograms no longer filled the CPU
+///   caches, half again the last round and that rounded to a power of
+///   two: more CPU per ack and fewer acks/s in 4 of 4 pairs each
+///   (`bench-results/store-ab-2026-12-03T21-49-57Z-*`, `...T21-56-28Z-*`).
+///
+/// Without the copy, entries are placed into memory the CPU cache has not
+/// seen for 64 MiB, which costs more than the copy it saves.
 const CHUNK_CAPACITY_BYTES: usize = 4 << 20;
 
 /// Zero-fill writes this much at a time: large sequential writes.
