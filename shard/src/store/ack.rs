@@ -39,30 +39,20 @@ pub(crate) fn ack_channel() -> (AckSender, AckReceiver) {
 }
 
 impl AckSender {
-    /// Completes the append with `result` and wakes it.
+    /// Completes the append with `result`; dropping `self` wakes it.
     pub(crate) fn send(self, result: AckResult) {
-        let waker = {
-            let mut slot = self.0.borrow_mut();
-            slot.result = Some(result);
-            slot.waker.take()
-        };
-        // `self` drops after this, finding the result set: no second wake.
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.0.borrow_mut().result = Some(result);
     }
 }
 
 impl Drop for AckSender {
+    /// Wakes the append, once, whether a result was sent or not: the
+    /// receiver tells the two apart by the result.
     fn drop(&mut self) {
         let waker = {
             let mut slot = self.0.borrow_mut();
             slot.closed = true;
-            if slot.result.is_some() {
-                None
-            } else {
-                slot.waker.take()
-            }
+            slot.waker.take()
         };
         if let Some(w) = waker {
             w.wake();
