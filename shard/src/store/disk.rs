@@ -305,7 +305,9 @@ impl DiskFile for DmaDiskFile {
             return self.write_parts_at(pos, &[&data], data.len()).await;
         }
         let len = data.len();
-        let written = self.file.write_owned_at(data, pos).await;
+        // Into the kernel at once: the flusher copies the round for the
+        // tail cache while the device works (see `Flusher::stage`).
+        let written = self.file.write_owned_at_now(data, pos).await;
         self.whole_write(written, len)
     }
 

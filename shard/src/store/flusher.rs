@@ -283,27 +283,9 @@ impl<D: Disk> Flusher<D> {
         chunk.buf.resize(first + padded, 0);
         let all = bytes::Bytes::from(chunk.buf);
         let data = all.slice(first + lead..first + lead + len);
-        // A chunk is allocated for a full round (4 MiB) but a quiet round
-        // holds little. The tail cache counts bytes, not allocations, so a
-        // small round is copied to its own size rather than pin a mostly
-        // empty buffer for as long as it is cached.
-        //
-        // In the sync case this copy is what the tail cache costs: about
-        // a tenth of the CPU per acknowledgement (store bench, sync case
-        // with recycled segments alone in a fresh process, 2026-12-03, 4
-        // pairs: 0.88-1.11 µs with no tail cache at all against 1.11-1.21
-        // with it; a cache of 0 bytes, which copies and drops at once,
-        // cost less than one of 64 MiB or 8 MiB). The bytes are written
-        // into memory the cache last held 64 MiB ago, out of every CPU
-        // cache. Tried: the copy with non-temporal stores (lower CPU in 6
-        // of 10 pairs, not kept), and chunks sized so the cache keeps
-        // them with no copy (worse: see `CHUNK_CAPACITY_BYTES`).
-        let cached = if capacity > 2 * len + SMALL_ROUND_SLACK {
-            bytes::Bytes::copy_from_slice(&data)
-        } else {
-            data
-        };
-        inner.state.borrow_mut().tail.push(chunk.pos, cached);
+        // The tail cache takes the round's bytes as they are for now; a
+        // small round is swapped for a copy of its own size (below).
+        inner.state.borrow_mut().tail.push(chunk.pos, data.clone());
 
         let blocks = all.slice(first..first + padded);
         let write_end = if hold { align_down(end) } else { end };
@@ -328,6 +310,26 @@ impl<D: Disk> Flusher<D> {
         }
         if let Some(cursor) = self.segment.as_mut() {
             cursor.held = held;
+        }
+        // A chunk is allocated for a full round (4 MiB) but a quiet round
+        // holds little. The tail cache counts bytes, not allocations, so a
+        // small round is copied to its own size rather than pin a mostly
+        // empty buffer for as long as it is cached.
+        //
+        // The copy is made once the round's writes are in the kernel (the
+        // yield lets their tasks submit them), while the device works, not
+        // before: it writes into memory the cache last held 64 MiB ago, out
+        // of every CPU cache, and was about a tenth of the CPU per
+        // acknowledgement in the sync case (store bench, recycled segments
+        // alone in a fresh process, 2026-12-03, 4 pairs: 0.88-1.11 µs with
+        // no tail cache at all against 1.11-1.21 with it). Tried instead:
+        // the copy with non-temporal stores (lower CPU in 6 of 10 pairs,
+        // not kept), and chunks sized so the cache keeps them with no copy
+        // (worse: see `CHUNK_CAPACITY_BYTES`).
+        if capacity > 2 * len + SMALL_ROUND_SLACK {
+            glommio::executor().yield_now().await;
+            let copy = bytes::Bytes::copy_from_slice(&data);
+            inner.state.borrow_mut().tail.replace(chunk.pos, copy);
         }
         Ok(())
     }

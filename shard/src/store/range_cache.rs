@@ -56,6 +56,16 @@ impl RangeCache {
         }
     }
 
+    /// Swaps the chunk at `pos` for `data`, the same bytes held elsewhere,
+    /// keeping its place in the eviction order; nothing if it is gone.
+    pub(crate) fn replace(&mut self, pos: u64, data: Bytes) {
+        if let Some(chunk) = self.chunks.get_mut(&pos) {
+            if chunk.len() == data.len() {
+                *chunk = data;
+            }
+        }
+    }
+
     /// The bytes `[pos, pos + len)` if the chunk starting last at or before
     /// `pos` holds them all.
     pub(crate) fn get(&self, pos: u64, len: usize) -> Option<Bytes> {
@@ -116,5 +126,28 @@ mod tests {
         assert!(c.get(250, 1).is_none());
         assert_eq!(c.get(0, 1).unwrap(), vec![0; 1]);
         assert_eq!(c.get(150, 1).unwrap(), vec![7; 1]);
+    }
+
+    #[test]
+    fn replace_swaps_a_chunk_in_place() {
+        // The flusher caches a round as a slice of its 4 MiB buffer, then
+        // swaps in a copy of its own size once the write is on its way.
+        let mut c = RangeCache::new(100);
+        let big = Bytes::from(vec![5u8; 4096]);
+        c.push(0, big.slice(0..40));
+        c.push(40, Bytes::from(vec![6; 40]));
+        c.replace(0, Bytes::from(vec![5; 40]));
+        assert_eq!(c.get(0, 40).unwrap(), vec![5; 40]);
+        assert_eq!(c.bytes(), 80);
+        // Its place in the eviction order is kept: it still goes first.
+        c.push(80, Bytes::from(vec![7; 40]));
+        assert!(c.get(0, 1).is_none());
+        assert_eq!(c.get(40, 1).unwrap(), vec![6; 1]);
+        // Gone (or of another length): nothing changes.
+        c.replace(0, Bytes::from(vec![9; 40]));
+        c.replace(40, Bytes::from(vec![9; 10]));
+        assert!(c.get(0, 1).is_none());
+        assert_eq!(c.get(40, 40).unwrap(), vec![6; 40]);
+        assert_eq!(c.bytes(), 80);
     }
 }

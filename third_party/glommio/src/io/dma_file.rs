@@ -324,6 +324,27 @@ impl DmaFile {
         self.write_at(DmaBuffer::from_owner(buf), pos).await
     }
 
+    /// ringmq patch: [`DmaFile::write_owned_at`], handed to the kernel as
+    /// soon as this future is first polled rather than at the executor's
+    /// next I/O poll, which comes only once every task ready to run has
+    /// run. The task that polled it may then do other work (say, copy the
+    /// bytes it writes) while the device works.
+    pub async fn write_owned_at_now<B: AsRef<[u8]> + 'static>(
+        &self,
+        buf: B,
+        pos: u64,
+    ) -> Result<usize> {
+        let reactor = self.file.reactor.upgrade().unwrap();
+        let source = reactor.write_dma(
+            self.as_raw_fd(),
+            DmaSource::Owned(DmaBuffer::from_owner(buf)),
+            pos,
+            self.pollable,
+        );
+        reactor.submit_now(&source)?;
+        enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
+    }
+
     /// Equivalent to [`DmaFile::write_at`] except that the caller retains
     /// non-mutable ownership of the underlying buffer. This can be useful if
     /// you want to asynchronously process a page concurrently with writing it.

@@ -1744,6 +1744,18 @@ impl Reactor {
         Ok(())
     }
 
+    /// ringmq patch: hands the queued requests of `src`'s ring to the kernel
+    /// now, instead of at the executor's next I/O poll (after every task
+    /// ready to run has run). Completions are left for that poll.
+    pub(crate) fn submit_now(&self, src: &Source) -> io::Result<()> {
+        self.ring_for_source(src)
+            .consume_submission_queue()
+            .or_else(Self::busy_ok)
+            .or_else(Self::again_ok)
+            .or_else(Self::intr_ok)
+            .map(|_| ())
+    }
+
     pub(crate) fn rush_dispatch(&self, src: &Source, woke: &mut usize) -> io::Result<()> {
         let ring = &mut *self.ring_for_source(src);
         if ring.may_rush() {
