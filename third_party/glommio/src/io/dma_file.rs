@@ -341,7 +341,9 @@ impl DmaFile {
             pos,
             self.pollable,
         );
-        reactor.submit_now(&source)?;
+        // Best effort: a request the kernel did not take now stays queued
+        // for the regular poll, and its completion reports any error.
+        let _ = reactor.submit_now(&source);
         enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
     }
 
