@@ -7,7 +7,7 @@
 //!     [--out bench-results] [--seconds 8] [--rounds 3] \
 //!     [--scale-records 100000000] [--scale-queues 1000] [--only async,sync,scale] \
 //!     [--max-write-bytes N] [--writes-in-flight N] [--flush-mib N] [--flush-interval-ms N] \
-//!     [--cpu N] [--write-through on|off]
+//!     [--cpu N] [--write-through on|off] [--flip sync|async:N [--flip-ms 250]]
 //! ```
 //!
 //! - async: 1 shard, 1 KiB records in 64 KiB batches, 16 and 64 appenders: MiB/s
@@ -25,6 +25,12 @@
 //!   process: peak RSS; store open time after a clean shutdown, and after
 //!   SIGKILL during full-speed appends.
 //!
+//! - `--flip`: instead of all that, one case (sync with recycled segments,
+//!   or async with N appenders) with `ringmq_shard::store::EXPERIMENT` off
+//!   and on in turn every `--flip-ms`, each side's figures printed: an A/B
+//!   of two variants of the store inside one process, side by side on the
+//!   same disk (see `run_flip`).
+//!
 //! The store runs on one glommio executor pinned to `--cpu`; by default the
 //! CPU that takes the data disk's completion interrupts (see
 //! `ringmq_shard::store::disk_irq_cpu`), else CPU 0. fio, unpinned, wakes
@@ -38,7 +44,7 @@ use bytes::Bytes;
 use ringmq_core::{BatchBuilder, FlushMode, QueueId, RecordInput, TopicName};
 use ringmq_shard::store::{
     cpu_exists, disk_irq_cpu, DmaDisk, QueueNum, SegmentPrepare, Store, StoreConfig,
-    ENTRY_PREFIX_BYTES,
+    ENTRY_PREFIX_BYTES, EXPERIMENT,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -63,6 +69,10 @@ struct Settings {
     tuning: Tuning,
     /// `--cpu`: where the store's executor runs.
     cpu: Option<usize>,
+    /// `--flip sync|async:N`: one case, two sides, see [`run_flip`].
+    flip: Option<String>,
+    /// `--flip-ms`: how long each side stays on.
+    flip_ms: u64,
 }
 
 /// Store settings a run may change, `None` for the defaults.
@@ -93,6 +103,8 @@ fn parse_args() -> Result<Settings, String> {
         child: None,
         tuning: Tuning::default(),
         cpu: None,
+        flip: None,
+        flip_ms: 250,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -112,6 +124,8 @@ fn parse_args() -> Result<Settings, String> {
             }
             "--only" => s.only = value("--only")?.split(',').map(str::to_owned).collect(),
             "--child" => s.child = Some(value("--child")?),
+            "--flip" => s.flip = Some(value("--flip")?),
+            "--flip-ms" => s.flip_ms = num("--flip-ms", value("--flip-ms")?)?,
             "--cpu" => {
                 let cpu = num("--cpu", value("--cpu")?)? as usize;
                 // An unknown CPU would fall back to an unpinned executor while
@@ -155,8 +169,11 @@ fn parse_args() -> Result<Settings, String> {
             }
         }
     }
-    if s.rounds == 0 || s.seconds == 0 || s.scale_queues == 0 {
-        return Err("--rounds, --seconds and --scale-queues must be positive".into());
+    if s.rounds == 0 || s.seconds == 0 || s.scale_queues == 0 || s.flip_ms == 0 {
+        return Err("--rounds, --seconds, --scale-queues and --flip-ms must be positive".into());
+    }
+    if let Some(case) = &s.flip {
+        flip_case(case)?;
     }
     s.out = support::out_dir(&s.out);
     Ok(s)
@@ -350,6 +367,17 @@ struct ThroughputRound {
 }
 
 fn async_throughput(dir: PathBuf, seconds: u64, appenders: usize) -> ThroughputRound {
+    async_sides(dir, seconds, appenders, None)[0]
+}
+
+/// The async case; with `flip`, [`EXPERIMENT`] alternates every `flip` and
+/// each side gets the bytes appended while it was on (see [`Flip`]).
+fn async_sides(
+    dir: PathBuf,
+    seconds: u64,
+    appenders: usize,
+    flip: Option<Duration>,
+) -> [ThroughputRound; 2] {
     on_shard(move || async move {
         let cfg = bench_config(&fresh_dir(&dir), FlushMode::Async);
         let store = Store::open(DmaDisk, cfg).await.expect("open");
@@ -365,33 +393,95 @@ fn async_throughput(dir: PathBuf, seconds: u64, appenders: usize) -> ThroughputR
                 .record_count,
         );
         let deadline = Instant::now() + Duration::from_secs(seconds);
-        let (cpu0, t0) = (cpu_seconds(), Instant::now());
+        let clock = Flip::start(flip);
         let appenders: Vec<_> = (0..appenders)
             .map(|_| {
                 let (store, batch) = (store.clone(), batch.clone());
                 glommio::spawn_local(async move {
-                    let mut n = 0u64;
+                    let mut n = [0u64; 2];
                     while Instant::now() < deadline {
+                        let side = experiment_side();
                         store.append(q, batch.clone()).await.expect("append");
-                        n += 1;
+                        if side == experiment_side() {
+                            n[side] += 1;
+                        }
                     }
                     n
                 })
             })
             .collect();
-        let mut batches = 0;
+        let clock = clock.run(deadline).await;
+        let mut batches = [0u64; 2];
         for a in appenders {
-            batches += a.await;
+            let n = a.await;
+            batches[0] += n[0];
+            batches[1] += n[1];
         }
-        let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+        let (secs, cpu) = clock.finish();
         store.close().await.expect("close");
-        let mib = (batches * batch.len() as u64) as f64 / (1 << 20) as f64;
-        ThroughputRound {
-            mib_s: mib / secs,
-            records_s: (batches * records) as f64 / secs,
-            cpu_us_per_mib: cpu * 1e6 / mib,
-        }
+        [0, 1].map(|i| {
+            let mib = (batches[i] * batch.len() as u64) as f64 / (1 << 20) as f64;
+            ThroughputRound {
+                mib_s: mib / secs[i],
+                records_s: (batches[i] * records) as f64 / secs[i],
+                cpu_us_per_mib: cpu[i] * 1e6 / mib,
+            }
+        })
     })
+}
+
+/// Which side of an A/B run with `--flip` is on: 1 while [`EXPERIMENT`] is.
+fn experiment_side() -> usize {
+    usize::from(EXPERIMENT.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// The time and CPU each side of a run got. Without a period, side 0 gets
+/// it all, measured from [`Flip::start`] until [`Flip::finish`]. With one,
+/// [`Flip::run`] turns [`EXPERIMENT`] on and off every period until the
+/// deadline and charges each stretch to the side that was on.
+struct Flip {
+    period: Option<Duration>,
+    secs: [f64; 2],
+    cpu: [f64; 2],
+    started: (f64, Instant),
+}
+
+impl Flip {
+    fn start(period: Option<Duration>) -> Self {
+        EXPERIMENT.store(false, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            period,
+            secs: [0.0; 2],
+            cpu: [0.0; 2],
+            started: (cpu_seconds(), Instant::now()),
+        }
+    }
+
+    async fn run(mut self, deadline: Instant) -> Self {
+        let Some(period) = self.period else {
+            return self;
+        };
+        let mut side = 0;
+        while Instant::now() < deadline {
+            EXPERIMENT.store(side == 1, std::sync::atomic::Ordering::Relaxed);
+            let (cpu0, t0) = (cpu_seconds(), Instant::now());
+            glommio::timer::sleep(period.min(deadline.saturating_duration_since(t0))).await;
+            self.cpu[side] += cpu_seconds() - cpu0;
+            self.secs[side] += t0.elapsed().as_secs_f64();
+            side ^= 1;
+        }
+        EXPERIMENT.store(false, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    /// Seconds and CPU seconds per side.
+    fn finish(mut self) -> ([f64; 2], [f64; 2]) {
+        if self.period.is_none() {
+            self.secs[0] = self.started.1.elapsed().as_secs_f64();
+            self.cpu[0] = cpu_seconds() - self.started.0;
+        }
+        (self.secs, self.cpu)
+    }
 }
 
 // ---- sync latency ----------------------------------------------------------
@@ -433,6 +523,17 @@ fn sync_round_bytes() -> usize {
 const SYNC_WARMUP: Duration = Duration::from_secs(3);
 
 fn sync_acks(dir: PathBuf, seconds: u64, prepare: SegmentPrepare) -> SyncRound {
+    sync_sides(dir, seconds, prepare, None)[0]
+}
+
+/// The sync case; with `flip`, each side's latencies are those of the
+/// appends sent and acknowledged while it was on (see [`Flip`]).
+fn sync_sides(
+    dir: PathBuf,
+    seconds: u64,
+    prepare: SegmentPrepare,
+    flip: Option<Duration>,
+) -> [SyncRound; 2] {
     on_shard(move || async move {
         let mut cfg = bench_config(&fresh_dir(&dir), FlushMode::Sync);
         cfg.segment_prepare = prepare;
@@ -448,11 +549,12 @@ fn sync_acks(dir: PathBuf, seconds: u64, prepare: SegmentPrepare) -> SyncRound {
         let batch = sync_batch();
         let measure_from = Instant::now() + SYNC_WARMUP;
         let deadline = measure_from + Duration::from_secs(seconds);
-        // One histogram for every appender: the shard runs them all on one
-        // thread. 256 of their own (130 KiB each, 33 MiB in all) missed the
-        // CPU cache at nearly every record and took 13 % of the shard's
-        // CPU (perf, store on CPU 1), charging the store for the bench.
-        let latencies = Rc::new(RefCell::new(histogram()));
+        // One histogram (per side) for every appender: the shard runs them
+        // all on one thread. 256 of their own (130 KiB each, 33 MiB in all)
+        // missed the CPU cache at nearly every record and took 13 % of the
+        // shard's CPU (perf, store on CPU 1), charging the store for the
+        // bench.
+        let latencies = Rc::new(RefCell::new([histogram(), histogram()]));
         let tasks: Vec<_> = (0..SYNC_APPENDERS)
             .map(|_| {
                 let (store, batch) = (store.clone(), batch.clone());
@@ -463,31 +565,32 @@ fn sync_acks(dir: PathBuf, seconds: u64, prepare: SegmentPrepare) -> SyncRound {
                         if sent >= deadline {
                             return;
                         }
+                        let side = experiment_side();
                         store.append(q, batch.clone()).await.expect("append");
-                        if sent >= measure_from {
+                        if sent >= measure_from && side == experiment_side() {
                             let us = sent.elapsed().as_micros() as u64;
-                            latencies.borrow_mut().saturating_record(us);
+                            latencies.borrow_mut()[side].saturating_record(us);
                         }
                     }
                 })
             })
             .collect();
         glommio::timer::sleep(SYNC_WARMUP).await;
-        let (cpu0, t0) = (cpu_seconds(), Instant::now());
+        let clock = Flip::start(flip).run(deadline).await;
         for t in tasks {
             t.await;
         }
-        let all = latencies.replace(histogram());
-        let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+        let all = latencies.replace([histogram(), histogram()]);
+        let (secs, cpu) = clock.finish();
         store.close().await.expect("close");
-        SyncRound {
-            acks_s: all.len() as f64 / secs,
-            p50_us: all.value_at_quantile(0.5) as f64,
-            p99_us: all.value_at_quantile(0.99) as f64,
-            p999_us: all.value_at_quantile(0.999) as f64,
-            max_us: all.max() as f64,
-            cpu_us_per_ack: cpu * 1e6 / all.len().max(1) as f64,
-        }
+        [0, 1].map(|i| SyncRound {
+            acks_s: all[i].len() as f64 / secs[i],
+            p50_us: all[i].value_at_quantile(0.5) as f64,
+            p99_us: all[i].value_at_quantile(0.99) as f64,
+            p999_us: all[i].value_at_quantile(0.999) as f64,
+            max_us: all[i].max() as f64,
+            cpu_us_per_ack: cpu[i] * 1e6 / all[i].len().max(1) as f64,
+        })
     })
 }
 
@@ -915,6 +1018,64 @@ fn run_scale(s: &Settings, md: &mut String) -> Result<Value, String> {
     Ok(v)
 }
 
+/// What `--flip` runs: the sync case with recycled segments, or the async
+/// case with this many appenders.
+#[derive(Debug, Clone, Copy)]
+enum FlipCase {
+    Sync,
+    Async(usize),
+}
+
+fn flip_case(case: &str) -> Result<FlipCase, String> {
+    match case.split_once(':') {
+        None if case == "sync" => Ok(FlipCase::Sync),
+        Some(("async", n)) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(FlipCase::Async(n)),
+            _ => Err(format!(
+                "--flip {case:?}: async:N takes 1 or more appenders"
+            )),
+        },
+        _ => Err(format!("--flip {case:?}: sync or async:N")),
+    }
+}
+
+/// `--flip`: one case in one process, [`EXPERIMENT`] off (A) and on (B) in
+/// turn every `--flip-ms`, each side's figures printed as a table. Both
+/// sides see the same disk at nearly the same moments, so this resolves
+/// differences of a few percent that alternating whole runs
+/// (`store-ab.py`) lose in this machine's disk noise. `EXPERIMENT` is read
+/// by no code on main: branch on it in the store to compare two variants.
+/// The figures go to stdout only; record results with the full bench.
+fn run_flip(s: &Settings, case: FlipCase) {
+    let period = Some(Duration::from_millis(s.flip_ms));
+    let every = format!("every {} ms, {} s", s.flip_ms, s.seconds);
+    match case {
+        FlipCase::Sync => {
+            let sides = sync_sides(s.dir.clone(), s.seconds, SegmentPrepare::Recycle, period);
+            println!(
+                "sync, {SYNC_APPENDERS} appenders, recycled segments, EXPERIMENT off (A) and on (B) {every}\n\n\
+                 | side | acks/s | p50 µs | p99 µs | p99.9 µs | CPU µs/ack |\n|---|---:|---:|---:|---:|---:|"
+            );
+            for (name, r) in ["A", "B"].iter().zip(sides) {
+                println!(
+                    "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} |",
+                    r.acks_s, r.p50_us, r.p99_us, r.p999_us, r.cpu_us_per_ack
+                );
+            }
+        }
+        FlipCase::Async(n) => {
+            let sides = async_sides(s.dir.clone(), s.seconds, n, period);
+            println!(
+                "async, {n} appenders of 64 KiB batches, EXPERIMENT off (A) and on (B) {every}\n\n\
+                 | side | MiB/s | CPU µs/MiB |\n|---|---:|---:|"
+            );
+            for (name, r) in ["A", "B"].iter().zip(sides) {
+                println!("| {name} | {:.0} | {:.0} |", r.mib_s, r.cpu_us_per_mib);
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let s = match parse_args() {
         Ok(s) => s,
@@ -926,6 +1087,18 @@ fn main() -> ExitCode {
     let _ = TUNING.set(s.tuning);
     let (cpu, why) = shard_cpu(&s);
     let _ = SHARD_CPU.set(cpu);
+    if let Some(case) = s.flip.clone() {
+        return match flip_case(&case) {
+            Ok(case) => {
+                run_flip(&s, case);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("store bench: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(child) = s.child.clone() {
         let s2 = s.clone();
         match child.as_str() {
