@@ -70,7 +70,7 @@ struct Settings {
     /// `--cpu`: where the store's executor runs.
     cpu: Option<usize>,
     /// `--flip sync|async:N`: one case, two sides, see [`run_flip`].
-    flip: Option<String>,
+    flip: Option<FlipCase>,
     /// `--flip-ms`: how long each side stays on.
     flip_ms: u64,
 }
@@ -124,7 +124,7 @@ fn parse_args() -> Result<Settings, String> {
             }
             "--only" => s.only = value("--only")?.split(',').map(str::to_owned).collect(),
             "--child" => s.child = Some(value("--child")?),
-            "--flip" => s.flip = Some(value("--flip")?),
+            "--flip" => s.flip = Some(flip_case(&value("--flip")?)?),
             "--flip-ms" => s.flip_ms = num("--flip-ms", value("--flip-ms")?)?,
             "--cpu" => {
                 let cpu = num("--cpu", value("--cpu")?)? as usize;
@@ -171,9 +171,6 @@ fn parse_args() -> Result<Settings, String> {
     }
     if s.rounds == 0 || s.seconds == 0 || s.scale_queues == 0 || s.flip_ms == 0 {
         return Err("--rounds, --seconds, --scale-queues and --flip-ms must be positive".into());
-    }
-    if let Some(case) = &s.flip {
-        flip_case(case)?;
     }
     s.out = support::out_dir(&s.out);
     Ok(s)
@@ -1087,17 +1084,9 @@ fn main() -> ExitCode {
     let _ = TUNING.set(s.tuning);
     let (cpu, why) = shard_cpu(&s);
     let _ = SHARD_CPU.set(cpu);
-    if let Some(case) = s.flip.clone() {
-        return match flip_case(&case) {
-            Ok(case) => {
-                run_flip(&s, case);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("store bench: {e}");
-                ExitCode::from(2)
-            }
-        };
+    if let Some(case) = s.flip {
+        run_flip(&s, case);
+        return ExitCode::SUCCESS;
     }
     if let Some(child) = s.child.clone() {
         let s2 = s.clone();

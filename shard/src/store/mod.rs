@@ -40,16 +40,6 @@ mod checkpoint;
 mod commit_log;
 mod device;
 pub mod disk;
-
-/// A switch for side-by-side experiments, read by no code on main. To
-/// compare two variants of the store, branch on it for the time of the
-/// experiment and run the store bench with `--flip sync` or
-/// `--flip async:N` (`shard/benches/store.rs`): it turns the switch on and
-/// off every 250 ms in one process and reports each side's figures. On
-/// this machine's noisy disk that resolves differences of a few percent
-/// that alternating whole runs cannot.
-#[doc(hidden)]
-pub static EXPERIMENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 mod flusher;
 mod indexer;
 mod queue_index;
@@ -75,6 +65,16 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
+
+/// A switch for side-by-side experiments, read by no code on main. To
+/// compare two variants of the store, branch on it for the time of the
+/// experiment and run the store bench with `--flip sync` or
+/// `--flip async:N` (`shard/benches/store.rs`): it turns the switch on and
+/// off every 250 ms in one process and reports each side's figures. On
+/// this machine's noisy disk that resolves differences of a few percent
+/// that alternating whole runs cannot.
+#[doc(hidden)]
+pub static EXPERIMENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// How a segment is made ready before appends reach it. Decided by the
 /// store benchmark (sync case, retention on): `Recycle` beat both others on
