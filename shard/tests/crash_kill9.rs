@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use ringmq_core::{FlushMode, QueueId};
-use ringmq_shard::store::{DmaDisk, Store};
+use ringmq_shard::store::{DmaDisk, Store, StoreError};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -163,6 +163,62 @@ fn sigkill_loses_no_acknowledged_record() {
             }
         }
         assert_eq!(found, acked.len());
+        store.close().await.unwrap();
+    });
+}
+
+/// While a child process has a store folder open, a store in this process
+/// is refused it with `DirInUse` naming the child; once the child is killed
+/// with SIGKILL (nothing cleaned up), the folder opens and keeps every
+/// record the child acknowledged.
+#[test]
+fn a_folder_in_use_by_another_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_owned();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_appender",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(DIR_ENV, &path)
+        .env(ROUND_ENV, "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The child has the store open once it acknowledges.
+    let first_ack = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("ACK "));
+    assert!(first_ack.is_some(), "the child never acknowledged");
+    let cfg = config(&path);
+    let refused = run({
+        let cfg = cfg.clone();
+        move || async move {
+            match Store::open(DmaDisk, cfg).await {
+                Err(StoreError::DirInUse { source, .. }) => Ok(source.to_string()),
+                Err(e) => Err(format!("failed otherwise: {e}")),
+                Ok(_) => Err("opened a folder in use".to_owned()),
+            }
+        }
+    });
+    let holder = refused.unwrap();
+    assert!(
+        holder.contains(&format!("held by process {pid}")),
+        "{holder}"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    run(move || async move {
+        let store = Store::open(DmaDisk, cfg).await.unwrap();
+        let q = store.queue(&topic(), QueueId(0)).unwrap();
+        assert!(!read_all(&store, q).await.is_empty());
         store.close().await.unwrap();
     });
 }

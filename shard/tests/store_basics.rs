@@ -364,6 +364,64 @@ fn real_disk_round_trip() {
     });
 }
 
+/// A store folder is one store's at a time: a second open, in this process
+/// or another (`crash_kill9.rs`), fails with `DirInUse`, naming the holder,
+/// and leaves the first store unharmed; once that one closes, the folder
+/// opens again.
+#[test]
+fn a_store_folder_opens_once_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_owned();
+    run(move || async move {
+        let cfg = small_config(&path);
+        let store = Store::open(DmaDisk, cfg.clone()).await.unwrap();
+        let q = store.create_queue(&topic(), QueueId(0)).await.unwrap();
+        let expect = append_bodies(&store, q, 0..20, 2, 100).await;
+        match Store::open(DmaDisk, cfg.clone()).await {
+            Err(StoreError::DirInUse { dir, source }) => {
+                assert_eq!(dir, std::path::Path::new(&path));
+                let holder = format!("held by process {}", std::process::id());
+                assert!(source.to_string().contains(&holder), "{source}");
+            }
+            Err(e) => panic!("second open failed otherwise: {e}"),
+            Ok(_) => panic!("a second store opened a folder in use"),
+        }
+        assert_eq!(read_bodies(&store, q).await, expect);
+        let more = append_bodies(&store, q, 20..30, 2, 100).await;
+        store.close().await.unwrap();
+        let (store, got) = reopen_and_read(DmaDisk, cfg).await;
+        assert_eq!(got, [expect, more].concat());
+        store.close().await.unwrap();
+    });
+}
+
+/// The test disk keeps folder locks too, and a crash (the holder's process
+/// gone) frees them, as the kernel frees a killed process's `flock`.
+#[test]
+fn a_crash_or_a_close_frees_the_folder() {
+    run(|| async {
+        let mut cfg = small_config("/data");
+        // Nothing left to write once the appends are acknowledged.
+        cfg.flush = FlushMode::Sync;
+        let (disk, store, q) = fresh_store(cfg.clone()).await;
+        assert!(matches!(
+            Store::open(disk.clone(), cfg.clone()).await,
+            Err(StoreError::DirInUse { .. })
+        ));
+        append_bodies(&store, q, 0..5, 2, 100).await;
+        disk.crash(None);
+        let reopened = Store::open(disk.clone(), cfg.clone()).await.unwrap();
+        // The dead store's lock going away later frees nothing of the new one's.
+        drop(store);
+        assert!(matches!(
+            Store::open(disk.clone(), cfg.clone()).await,
+            Err(StoreError::DirInUse { .. })
+        ));
+        reopened.close().await.unwrap();
+        Store::open(disk, cfg).await.unwrap().close().await.unwrap();
+    });
+}
+
 /// Rounds bigger than one 4 MiB chunk, several writes in flight and segment
 /// rolls, on the real disk: the log is written from the chunks' own
 /// memory, so every record must read back as appended, from the tail cache

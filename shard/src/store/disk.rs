@@ -51,6 +51,19 @@ impl DiskError {
         }
     }
 
+    /// Whether [`Disk::lock_dir`] failed because another store holds the folder.
+    pub fn is_in_use(&self) -> bool {
+        self.op == "lock" && self.source.kind() == io::ErrorKind::WouldBlock
+    }
+
+    fn in_use(path: &Path, holder: &str) -> Self {
+        let why = match holder.trim() {
+            "" => "held by another store".to_owned(),
+            pid => format!("held by process {pid}"),
+        };
+        Self::new("lock", path, io::Error::new(io::ErrorKind::WouldBlock, why))
+    }
+
     /// Whether the device is out of space (ENOSPC or EDQUOT). glommio
     /// hands these over as custom errors that keep only the kind, so the
     /// kind counts as much as the raw OS error.
@@ -70,6 +83,9 @@ impl DiskError {
 pub trait Disk: Clone + 'static {
     /// An open file.
     type File: DiskFile;
+    /// What [`Disk::lock_dir`] returns: the folder stays this holder's
+    /// until it is dropped (or its process dies).
+    type DirLock: 'static;
     /// Opens `path` for reading and writing, creating it if `create`.
     async fn open(&self, path: &Path, create: bool) -> Result<Self::File, DiskError>;
     /// Opens the existing file `path` for reading and writing,
@@ -87,7 +103,16 @@ pub trait Disk: Clone + 'static {
     async fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError>;
     /// Makes creations, removals and renames in `dir` durable.
     async fn sync_dir(&self, dir: &Path) -> Result<(), DiskError>;
+    /// Takes the store folder `dir` (which exists) for one store alone: a
+    /// second store on it, in this process or another, would interleave
+    /// its writes with the first's. Fails with an error for which
+    /// [`DiskError::is_in_use`] holds while another holds it.
+    async fn lock_dir(&self, dir: &Path) -> Result<Self::DirLock, DiskError>;
 }
+
+/// The lock file in a store folder ([`Disk::lock_dir`]); it holds the id
+/// of the process that took the folder, for messages.
+pub const LOCK_FILE: &str = "LOCK";
 
 /// An open file.
 #[allow(async_fn_in_trait)]
@@ -189,6 +214,7 @@ async fn prime_iopoll_probe(dir: &Path) -> Result<(), DiskError> {
 
 impl Disk for DmaDisk {
     type File = DmaDiskFile;
+    type DirLock = DmaDirLock;
 
     async fn open(&self, path: &Path, create: bool) -> Result<DmaDiskFile, DiskError> {
         DmaDiskFile::open(path, create, 0).await
@@ -238,6 +264,40 @@ impl Disk for DmaDisk {
             .await
             .map_err(|e| glommio_err("close folder", dir, e))
     }
+
+    /// An exclusive `flock` on `dir/LOCK`, taken without waiting. The
+    /// kernel drops it with the descriptor, so a process killed by SIGKILL
+    /// leaves nothing to clean up. Plain blocking calls: once per open.
+    async fn lock_dir(&self, dir: &Path) -> Result<DmaDirLock, DiskError> {
+        use std::io::Write;
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| DiskError::new("open", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(DiskError::in_use(&path, &holder));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(DiskError::new("lock", &path, e)),
+        }
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(|e| DiskError::new("write", &path, e))?;
+        Ok(DmaDirLock { _file: file })
+    }
+}
+
+/// A store folder taken by [`DmaDisk::lock_dir`]; dropping it closes the
+/// descriptor, which releases the lock.
+#[derive(Debug)]
+pub struct DmaDirLock {
+    _file: std::fs::File,
 }
 
 /// Copies `parts` into `dst` and zeroes the rest.
@@ -401,6 +461,9 @@ struct MemFs {
     /// With `Some(state)`, each write first yields a pseudo-random 0-3
     /// times, so writes in flight together complete out of order.
     write_jitter: Option<u64>,
+    /// Folders taken by [`Disk::lock_dir`], each with its holder's token.
+    locked: HashMap<PathBuf, u64>,
+    lock_tokens: u64,
 }
 
 impl MemFs {
@@ -497,8 +560,9 @@ impl MemDisk {
     /// Simulates power loss: every file goes back to its last synced
     /// contents. With `torn_blocks = Some(n)`, the first `n` blocks of the
     /// last unsynced write survive as well, as a device may persist part of
-    /// a write. Faults are cleared. Open handles keep working on the new
-    /// contents (reopen after a crash, as a restarted process would).
+    /// a write. Faults are cleared, and so are folder locks. Open handles
+    /// keep working on the new contents (reopen after a crash, as a
+    /// restarted process would).
     pub fn crash(&self, torn_blocks: Option<usize>) {
         let mut fs = self.fs.borrow_mut();
         let torn = fs.last_write.take();
@@ -513,6 +577,8 @@ impl MemDisk {
             f.durable = f.data.clone();
         }
         fs.faults.clear();
+        // The process that held them is gone.
+        fs.locked.clear();
     }
 
     /// Overwrites bytes of a file directly, bypassing everything (for
@@ -602,6 +668,7 @@ fn not_found(op: &'static str, path: &Path) -> DiskError {
 
 impl Disk for MemDisk {
     type File = MemDiskFile;
+    type DirLock = MemDirLock;
 
     async fn open(&self, path: &Path, create: bool) -> Result<MemDiskFile, DiskError> {
         self.open_file(path, create, false)
@@ -658,6 +725,40 @@ impl Disk for MemDisk {
 
     async fn sync_dir(&self, _dir: &Path) -> Result<(), DiskError> {
         Ok(())
+    }
+
+    async fn lock_dir(&self, dir: &Path) -> Result<MemDirLock, DiskError> {
+        let mut fs = self.fs.borrow_mut();
+        if fs.locked.contains_key(dir) {
+            return Err(DiskError::in_use(&dir.join(LOCK_FILE), ""));
+        }
+        fs.lock_tokens += 1;
+        let token = fs.lock_tokens;
+        fs.locked.insert(dir.to_owned(), token);
+        Ok(MemDirLock {
+            fs: self.fs.clone(),
+            dir: dir.to_owned(),
+            token,
+        })
+    }
+}
+
+/// A folder taken by [`MemDisk::lock_dir`], free again once dropped or
+/// after [`MemDisk::crash`] (the holder's process died).
+#[derive(Debug)]
+pub struct MemDirLock {
+    fs: Rc<RefCell<MemFs>>,
+    dir: PathBuf,
+    token: u64,
+}
+
+impl Drop for MemDirLock {
+    fn drop(&mut self) {
+        let mut fs = self.fs.borrow_mut();
+        // After a crash the folder may belong to a newer holder already.
+        if fs.locked.get(&self.dir) == Some(&self.token) {
+            fs.locked.remove(&self.dir);
+        }
     }
 }
 

@@ -51,7 +51,9 @@ mod retention;
 pub use commit_log::ENTRY_PREFIX_BYTES;
 pub(crate) use device::parse_cpu_list;
 pub use device::{cpu_exists, disk_irq_cpu};
-pub use disk::{Disk, DiskError, DiskFile, DiskOp, DmaDisk, MemDisk};
+pub use disk::{
+    Disk, DiskError, DiskFile, DiskOp, DmaDirLock, DmaDisk, MemDirLock, MemDisk, LOCK_FILE,
+};
 pub use ringmq_core::FlushMode;
 
 use bytes::Bytes;
@@ -317,6 +319,15 @@ pub enum StoreError {
         /// What failed.
         reason: String,
     },
+    /// Another store, in this process or another, has the folder open.
+    #[error("store folder {} is in use: {source}; stop the store using it first", dir.display())]
+    DirInUse {
+        /// The store folder.
+        dir: PathBuf,
+        /// Who holds it.
+        #[source]
+        source: DiskError,
+    },
     /// The store was closed.
     #[error("store is closed")]
     Closed,
@@ -477,6 +488,8 @@ struct Inner<D: Disk> {
     catch_up: glommio::TaskQueueHandle,
     /// Paces those reads to [`StoreConfig::catch_up_bytes_per_sec`].
     catch_up_pace: CatchUpPace,
+    /// The store folder, this store's alone until close (or drop).
+    dir_lock: RefCell<Option<D::DirLock>>,
 }
 
 /// A token bucket on a virtual clock: each read moves `next_free` on by
@@ -861,6 +874,8 @@ impl<D: Disk> Store<D> {
         }
         self.inner.pending_room.close();
         self.release_files().await;
+        // Nothing writes any more: another store may take the folder.
+        self.inner.dir_lock.borrow_mut().take();
         match self.inner.state.borrow().poisoned.clone() {
             Some(cause) => Err(StoreError::Poisoned(cause)),
             None => Ok(()),

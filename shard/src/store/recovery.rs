@@ -33,6 +33,16 @@ const SCAN_PROGRESS_BYTES: u64 = 256 << 20;
 pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>, StoreError> {
     let started = Instant::now();
     disk.create_dir_all(&cfg.log_dir()).await?;
+    let dir_lock = disk.lock_dir(&cfg.dir).await.map_err(|e| {
+        if e.is_in_use() {
+            StoreError::DirInUse {
+                dir: cfg.dir.clone(),
+                source: e,
+            }
+        } else {
+            StoreError::Io(e)
+        }
+    })?;
     let (rows, queue_table) = QueueTable::open(&disk, &cfg.dir).await?;
     let ckpt =
         match checkpoint::read_meta::<D, Checkpoint>(&disk, &cfg.dir, checkpoint::CHECKPOINT_FILE)
@@ -163,6 +173,7 @@ pub(super) async fn open<D: Disk>(disk: D, cfg: StoreConfig) -> Result<Store<D>,
         },
         catch_up,
         catch_up_pace: super::CatchUpPace::new(cfg.catch_up_bytes_per_sec),
+        dir_lock: RefCell::new(Some(dir_lock)),
         cfg,
     });
     let flusher = Flusher::new(Rc::downgrade(&inner), rx, inner.cfg.writes_in_flight);
