@@ -122,7 +122,10 @@ pub fn start(cfg: NamesrvConfig) -> Result<RunningNamesrv, NamesrvError> {
         .name("ringmq-namesrv")
         .io_memory(1 << 20)
         .spawn(move || async move {
-            let listener = match TcpListener::bind(listen) {
+            // Not `bind`: its SO_REUSEPORT would let a second name server
+            // on this port start without an error and take a share of the
+            // connections (`bind_exclusive`, a patch in third_party/glommio).
+            let listener = match TcpListener::bind_exclusive(listen) {
                 Ok(l) => l,
                 Err(e) => {
                     let _ = tx.send(Err(NamesrvError::Listen {

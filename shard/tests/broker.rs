@@ -548,3 +548,42 @@ fn a_shard_that_cannot_start_fails_the_broker_at_once() {
         started.elapsed()
     );
 }
+
+/// A port is one broker's: a second broker given a front port or a shard
+/// port that another listens on fails to start, naming the port, where
+/// glommio's SO_REUSEPORT bind would have let it start and take a share of
+/// the first one's connections. The first broker keeps serving.
+#[test]
+fn a_second_broker_on_ports_in_use_is_refused() {
+    let (_dir, first) = start(2);
+    let mut client = Client::connect(first.front_addr);
+    client.create_topic("mine", 2);
+    for (listen, shard_port_base, port) in [
+        (first.front_addr, Some(0), first.front_addr),
+        (
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            Some(first.shard_addrs[1].port()),
+            first.shard_addrs[1],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = BrokerConfig::for_test(dir.path().join("data"), 1);
+        cfg.listen = listen;
+        cfg.shard_port_base = shard_port_base;
+        let err = match broker::start(cfg) {
+            Ok(second) => {
+                stop(second);
+                panic!("a second broker started on {port}, a port in use");
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(&format!("cannot listen on {port}")), "{err}");
+    }
+    // Every connection still reaches the first broker: its topic is there.
+    for _ in 0..8 {
+        let mut c = Client::connect(first.front_addr);
+        let r = c.produce("mine", 0, &bodies("still-mine", 1));
+        assert!(matches!(r.unwrap().0, Response::SendBatch(_)));
+    }
+    stop(first);
+}

@@ -242,3 +242,21 @@ fn a_hundred_thousand_topics_of_eight_queues_register_in_chunks_and_route() {
     ns.shutdown();
     ns.join().unwrap();
 }
+
+/// A second name server on a port in use fails to start, instead of
+/// sharing the port (and its brokers' registrations) with the first.
+#[test]
+fn a_second_name_server_on_a_port_in_use_is_refused() {
+    let ns = namesrv();
+    let second = ringmq_namesrv::start(NamesrvConfig {
+        listen: ns.addr,
+        heartbeat_interval: INTERVAL,
+        cpu: None,
+    });
+    match second {
+        Ok(_) => panic!("a second name server started on {}", ns.addr),
+        Err(e) => assert!(e.to_string().contains(&ns.addr.to_string()), "{e}"),
+    }
+    ns.shutdown();
+    ns.join().unwrap();
+}

@@ -306,7 +306,27 @@ fn store_config(cfg: &BrokerConfig, id: usize) -> StoreConfig {
     s
 }
 
+/// A listener on a port that is this shard's alone: glommio's `bind` sets
+/// `SO_REUSEPORT`, which would let a second broker on the same port start
+/// without an error and take a share of its connections.
 fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind_exclusive(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// A listener on the front port, which every shard of this broker shares
+/// (`SO_REUSEPORT`: the kernel spreads connections over them). Shard 0
+/// first binds the port alone for a moment, which fails if anything else
+/// listens there: `SO_REUSEPORT` would otherwise let a second broker join
+/// this one's share of the port without an error.
+fn bind_front(addr: SocketAddr, first: bool) -> Result<TcpListener, String> {
+    let addr = if first && addr.port() != 0 {
+        let alone = bind(addr)?;
+        let addr = alone.local_addr().map_err(|e| e.to_string())?;
+        drop(alone);
+        addr
+    } else {
+        addr
+    };
     TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
@@ -344,7 +364,7 @@ async fn prepare(
     // Shard 0 binds the front port first, so a port 0 becomes one real
     // port that the others then share.
     let front = if ctx.id == 0 {
-        let l = bind(ctx.cfg.listen)?;
+        let l = bind_front(ctx.cfg.listen, true)?;
         let port = l.local_addr().map_err(|e| e.to_string())?.port();
         ctx.front_port.store(port, Ordering::SeqCst);
         Some(l)
@@ -361,10 +381,10 @@ async fn run_shard(ctx: ShardStart) -> Result<(), String> {
     ctx.barrier.wait();
     let front = match &prepared {
         Ok((_, _, _, Some(_))) => Ok(None),
-        Ok(_) => bind(SocketAddr::new(
-            ctx.cfg.listen.ip(),
-            ctx.front_port.load(Ordering::SeqCst),
-        ))
+        Ok(_) => bind_front(
+            SocketAddr::new(ctx.cfg.listen.ip(), ctx.front_port.load(Ordering::SeqCst)),
+            false,
+        )
         .map(Some),
         Err(e) => Err(e.clone()),
     };

@@ -135,6 +135,31 @@ impl TcpListener {
         })
     }
 
+    /// ringmq patch: [`TcpListener::bind`] without `SO_REUSEPORT` (and with
+    /// `SO_REUSEADDR`, so a restart may rebind a port that still has
+    /// connections in `TIME_WAIT`): binding an address another socket
+    /// listens on fails with `AddrInUse`, instead of quietly sharing the
+    /// port's connections with it.
+    pub fn bind_exclusive<A: ToSocketAddrs>(addr: A) -> Result<TcpListener> {
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Other, "empty address"))?;
+        let domain = if addr.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        };
+        let sk = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        sk.set_reuse_address(true)?;
+        sk.bind(&socket2::SockAddr::from(addr))?;
+        sk.listen(1024)?;
+        Ok(TcpListener {
+            reactor: Rc::downgrade(&crate::executor().reactor()),
+            listener: sk.into(),
+        })
+    }
+
     /// Accepts a new incoming TCP connection and allows the result to be sent
     /// to a foreign executor
     ///
