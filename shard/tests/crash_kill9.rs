@@ -11,7 +11,7 @@ use ringmq_core::{FlushMode, QueueId};
 use ringmq_shard::store::{DmaDisk, Store, StoreError};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DIR_ENV: &str = "RINGMQ_CRASH_CHILD_DIR";
@@ -33,6 +33,24 @@ fn config(dir: &str) -> ringmq_shard::store::StoreConfig {
     // Checkpoints happen, so recovery starts from one most rounds.
     cfg.checkpoint_interval_ms = 50;
     cfg
+}
+
+/// Starts [`child_appender`] on the store in `dir`, its stdout piped.
+fn spawn_appender(dir: &str, round: u64) -> Child {
+    Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args([
+            "--exact",
+            "child_appender",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(DIR_ENV, dir)
+        .env(ROUND_ENV, round.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the child test process starts")
 }
 
 /// The child: appends until killed, one line per acknowledged batch.
@@ -81,25 +99,11 @@ fn child_appender() {
 fn sigkill_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_owned();
-    let exe = std::env::current_exe().unwrap();
     // (queue, offset) -> body of every acknowledged record.
     let mut acked: BTreeMap<(usize, u64), Vec<u8>> = BTreeMap::new();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     for round in 0..ROUNDS {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "child_appender",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(DIR_ENV, &path)
-            .env(ROUND_ENV, round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_appender(&path, round);
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             BufReader::new(stdout)
@@ -175,20 +179,7 @@ fn sigkill_loses_no_acknowledged_record() {
 fn a_folder_in_use_by_another_process_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_owned();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_appender",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DIR_ENV, &path)
-        .env(ROUND_ENV, "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_appender(&path, 0);
     let pid = child.id();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // The child has the store open once it acknowledges.
