@@ -587,3 +587,29 @@ fn a_second_broker_on_ports_in_use_is_refused() {
     }
     stop(first);
 }
+
+/// Stopped and started again in this process on the same ports, right
+/// after clients used both the front port and a shard port: the closed
+/// connections linger in TIME_WAIT, which must not make the new broker's
+/// exclusive binds (or its check of the front port) fail.
+#[test]
+fn a_broker_restarts_on_its_ports_while_old_connections_linger() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = BrokerConfig::for_test(dir.path().join("data"), 2);
+    let first = broker::start(cfg.clone()).unwrap();
+    cfg.listen = first.front_addr;
+    cfg.shard_port_base = Some(first.shard_addrs[0].port());
+    let mut front = Client::connect(first.front_addr);
+    front.create_topic("t", 2);
+    let mut own = Client::connect(first.shard_addrs[0]);
+    assert!(matches!(
+        own.produce("t", 0, &bodies("before", 1)).unwrap().0,
+        Response::SendBatch(_)
+    ));
+    stop(first);
+    drop((front, own));
+    let second = broker::start(cfg).unwrap();
+    let mut front = Client::connect(second.front_addr);
+    assert_eq!(front.read_queue("t", 0, 0).len(), 1);
+    stop(second);
+}

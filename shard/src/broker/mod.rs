@@ -317,7 +317,9 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 /// (`SO_REUSEPORT`: the kernel spreads connections over them). Shard 0
 /// first binds the port alone for a moment, which fails if anything else
 /// listens there: `SO_REUSEPORT` would otherwise let a second broker join
-/// this one's share of the port without an error.
+/// this one's share of the port without an error. The shared listeners set
+/// `SO_REUSEADDR` too, so their old connections in `TIME_WAIT` do not fail
+/// that check when the broker restarts.
 fn bind_front(addr: SocketAddr, first: bool) -> Result<TcpListener, String> {
     let addr = if first && addr.port() != 0 {
         let alone = bind(addr)?;
@@ -327,7 +329,7 @@ fn bind_front(addr: SocketAddr, first: bool) -> Result<TcpListener, String> {
     } else {
         addr
     };
-    TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+    TcpListener::bind_shared(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 /// Everything a shard does before the barrier; fallible.

@@ -135,12 +135,25 @@ impl TcpListener {
         })
     }
 
-    /// ringmq patch: [`TcpListener::bind`] without `SO_REUSEPORT` (and with
-    /// `SO_REUSEADDR`, so a restart may rebind a port that still has
-    /// connections in `TIME_WAIT`): binding an address another socket
-    /// listens on fails with `AddrInUse`, instead of quietly sharing the
-    /// port's connections with it.
+    /// ringmq patch: [`TcpListener::bind`] without `SO_REUSEPORT`: binding
+    /// an address another socket listens on fails with `AddrInUse`, instead
+    /// of quietly sharing the port's connections with it. Sets
+    /// `SO_REUSEADDR`, so a restart may rebind a port whose old connections
+    /// are in `TIME_WAIT`.
     pub fn bind_exclusive<A: ToSocketAddrs>(addr: A) -> Result<TcpListener> {
+        Self::bind_reusing(addr, false)
+    }
+
+    /// ringmq patch: [`TcpListener::bind`] (`SO_REUSEPORT`, for listeners
+    /// that share a port on purpose) that also sets `SO_REUSEADDR`. The
+    /// connections it accepts inherit the flag, so once they linger in
+    /// `TIME_WAIT` after a restart they do not stop a
+    /// [`TcpListener::bind_exclusive`] of the port.
+    pub fn bind_shared<A: ToSocketAddrs>(addr: A) -> Result<TcpListener> {
+        Self::bind_reusing(addr, true)
+    }
+
+    fn bind_reusing<A: ToSocketAddrs>(addr: A, reuse_port: bool) -> Result<TcpListener> {
         let addr = addr
             .to_socket_addrs()?
             .next()
@@ -152,6 +165,7 @@ impl TcpListener {
         };
         let sk = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
         sk.set_reuse_address(true)?;
+        sk.set_reuse_port(reuse_port)?;
         sk.bind(&socket2::SockAddr::from(addr))?;
         sk.listen(1024)?;
         Ok(TcpListener {
