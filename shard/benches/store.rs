@@ -240,6 +240,28 @@ fn rss_kib() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Takes `<dir>.lock` beside the bench folder for the whole run (the
+/// folder itself is emptied by every case).
+fn lock_bench_dir(dir: &Path) -> Result<std::fs::File, String> {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::File::create(&path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another store bench is running on {} (it holds {}); wait for it or pass another --dir",
+            dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 fn fresh_dir(dir: &Path) -> PathBuf {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("bench folder can be created");
@@ -1082,6 +1104,19 @@ fn main() -> ExitCode {
         }
     };
     let _ = TUNING.set(s.tuning);
+    // A second bench on the same folder would delete the first one's files
+    // under it (each case starts from an empty folder) and share its disk.
+    let _bench_lock = if s.child.is_none() {
+        match lock_bench_dir(&s.dir) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                eprintln!("store bench: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let (cpu, why) = shard_cpu(&s);
     let _ = SHARD_CPU.set(cpu);
     if let Some(case) = s.flip {
