@@ -579,17 +579,18 @@ fn sync_sides(
                 let (store, batch) = (store.clone(), batch.clone());
                 let latencies = latencies.clone();
                 glommio::spawn_local(async move {
-                    loop {
-                        let sent = Instant::now();
-                        if sent >= deadline {
-                            return;
-                        }
+                    // One clock read per append: the next append is sent
+                    // the moment this one's acknowledgement is seen.
+                    let mut sent = Instant::now();
+                    while sent < deadline {
                         let side = experiment_side();
                         store.append(q, batch.clone()).await.expect("append");
+                        let acked = Instant::now();
                         if sent >= measure_from && side == experiment_side() {
-                            let us = sent.elapsed().as_micros() as u64;
+                            let us = acked.duration_since(sent).as_micros() as u64;
                             latencies.borrow_mut()[side].saturating_record(us);
                         }
+                        sent = acked;
                     }
                 })
             })
