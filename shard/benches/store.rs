@@ -43,7 +43,7 @@ mod support;
 use bytes::Bytes;
 use ringmq_core::{BatchBuilder, FlushMode, QueueId, RecordInput, TopicName};
 use ringmq_shard::store::{
-    cpu_exists, disk_irq_cpu, DmaDisk, QueueNum, SegmentPrepare, Store, StoreConfig,
+    cpu_exists, disk_irq_cpu, lock_file, DmaDisk, QueueNum, SegmentPrepare, Store, StoreConfig,
     ENTRY_PREFIX_BYTES, EXPERIMENT,
 };
 use serde::Serialize;
@@ -246,20 +246,19 @@ fn lock_bench_dir(dir: &Path) -> Result<std::fs::File, String> {
     let mut name = dir.as_os_str().to_owned();
     name.push(".lock");
     let path = PathBuf::from(name);
-    let file = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::File::create(&path))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "another store bench is running on {} (it holds {}); wait for it or pass another --dir",
-            dir.display(),
-            path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
+    lock_file(&path).map_err(|e| {
+        if e.is_in_use() {
+            format!(
+                "another store bench is running on {} ({e}); wait for it or pass another --dir",
+                dir.display()
+            )
+        } else {
+            e.to_string()
+        }
+    })
 }
 
 fn fresh_dir(dir: &Path) -> PathBuf {

@@ -265,32 +265,38 @@ impl Disk for DmaDisk {
             .map_err(|e| glommio_err("close folder", dir, e))
     }
 
-    /// An exclusive `flock` on `dir/LOCK`, taken without waiting. The
-    /// kernel drops it with the descriptor, so a process killed by SIGKILL
-    /// leaves nothing to clean up. Plain blocking calls: once per open.
+    /// [`lock_file`] on `dir/LOCK`. Plain blocking calls: once per open.
     async fn lock_dir(&self, dir: &Path) -> Result<DmaDirLock, DiskError> {
-        use std::io::Write;
-        let path = dir.join(LOCK_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| DiskError::new("open", &path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                return Err(DiskError::in_use(&path, &holder));
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(DiskError::new("lock", &path, e)),
-        }
-        file.set_len(0)
-            .and_then(|()| writeln!(file, "{}", std::process::id()))
-            .map_err(|e| DiskError::new("write", &path, e))?;
-        Ok(DmaDirLock { _file: file })
+        lock_file(&dir.join(LOCK_FILE)).map(|file| DmaDirLock { _file: file })
     }
+}
+
+/// Takes an exclusive `flock` on `path` (created if missing) without
+/// waiting, and writes this process's id into it for the message a second
+/// taker gets ([`DiskError::is_in_use`], "held by process N"). The kernel
+/// drops the lock with the descriptor, so a process killed by SIGKILL
+/// leaves nothing to clean up. Blocking calls.
+pub fn lock_file(path: &Path) -> Result<std::fs::File, DiskError> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| DiskError::new("open", path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(path).unwrap_or_default();
+            return Err(DiskError::in_use(path, &holder));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(DiskError::new("lock", path, e)),
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(|e| DiskError::new("write", path, e))?;
+    Ok(file)
 }
 
 /// A store folder taken by [`DmaDisk::lock_dir`]; dropping it closes the

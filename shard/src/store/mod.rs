@@ -52,7 +52,8 @@ pub use commit_log::ENTRY_PREFIX_BYTES;
 pub(crate) use device::parse_cpu_list;
 pub use device::{cpu_exists, disk_irq_cpu};
 pub use disk::{
-    Disk, DiskError, DiskFile, DiskOp, DmaDirLock, DmaDisk, MemDirLock, MemDisk, LOCK_FILE,
+    lock_file, Disk, DiskError, DiskFile, DiskOp, DmaDirLock, DmaDisk, MemDirLock, MemDisk,
+    LOCK_FILE,
 };
 pub use ringmq_core::FlushMode;
 
