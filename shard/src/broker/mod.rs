@@ -321,15 +321,10 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 /// `SO_REUSEADDR` too, so their old connections in `TIME_WAIT` do not fail
 /// that check when the broker restarts.
 fn bind_front(addr: SocketAddr, first: bool) -> Result<TcpListener, String> {
-    let addr = if first && addr.port() != 0 {
-        let alone = bind(addr)?;
-        let addr = alone.local_addr().map_err(|e| e.to_string())?;
-        drop(alone);
-        addr
-    } else {
-        addr
-    };
-    TcpListener::bind_shared(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+    if first && addr.port() != 0 {
+        drop(bind(addr)?);
+    }
+    TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 /// Everything a shard does before the barrier; fallible.

@@ -110,29 +110,12 @@ impl TcpListener {
     ///     println!("Listening on {}", listener.local_addr().unwrap());
     /// });
     /// ```
+    ///
+    /// ringmq patch: also sets `SO_REUSEADDR`. The connections it accepts
+    /// inherit the flag, so once they linger in `TIME_WAIT` after a restart
+    /// they do not stop a [`TcpListener::bind_exclusive`] of the port.
     pub fn bind<A: ToSocketAddrs>(addr: A) -> Result<TcpListener> {
-        let addr = addr
-            .to_socket_addrs()
-            .unwrap()
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Other, "empty address"))?;
-
-        let domain = if addr.is_ipv6() {
-            Domain::IPV6
-        } else {
-            Domain::IPV4
-        };
-        let sk = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-        let addr = socket2::SockAddr::from(addr);
-        sk.set_reuse_port(true)?;
-        sk.bind(&addr)?;
-        sk.listen(1024)?;
-        let listener = sk.into();
-
-        Ok(TcpListener {
-            reactor: Rc::downgrade(&crate::executor().reactor()),
-            listener,
-        })
+        Self::bind_reusing(addr, true)
     }
 
     /// ringmq patch: [`TcpListener::bind`] without `SO_REUSEPORT`: binding
@@ -144,15 +127,7 @@ impl TcpListener {
         Self::bind_reusing(addr, false)
     }
 
-    /// ringmq patch: [`TcpListener::bind`] (`SO_REUSEPORT`, for listeners
-    /// that share a port on purpose) that also sets `SO_REUSEADDR`. The
-    /// connections it accepts inherit the flag, so once they linger in
-    /// `TIME_WAIT` after a restart they do not stop a
-    /// [`TcpListener::bind_exclusive`] of the port.
-    pub fn bind_shared<A: ToSocketAddrs>(addr: A) -> Result<TcpListener> {
-        Self::bind_reusing(addr, true)
-    }
-
+    /// ringmq patch: [`TcpListener::bind`] and [`TcpListener::bind_exclusive`].
     fn bind_reusing<A: ToSocketAddrs>(addr: A, reuse_port: bool) -> Result<TcpListener> {
         let addr = addr
             .to_socket_addrs()?
