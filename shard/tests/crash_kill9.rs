@@ -181,13 +181,24 @@ fn a_folder_in_use_by_another_process_is_refused() {
     let path = dir.path().to_str().unwrap().to_owned();
     let mut child = spawn_appender(&path, 0);
     let pid = child.id();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // The child has the store open once it acknowledges.
-    let first_ack = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("ACK "));
-    assert!(first_ack.is_some(), "the child never acknowledged");
+    // The child has the store open once it acknowledges. Its output is
+    // read to the end, so it never blocks on a full pipe.
+    let stdout = child.stdout.take().unwrap();
+    let (acked_tx, acked) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut acked_tx = Some(acked_tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("ACK ") {
+                if let Some(tx) = acked_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    if acked.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = child.kill();
+        panic!("the child did not acknowledge within 30 s");
+    }
     let cfg = config(&path);
     let refused = run({
         let cfg = cfg.clone();
@@ -199,13 +210,14 @@ fn a_folder_in_use_by_another_process_is_refused() {
             }
         }
     });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    reader.join().unwrap();
     let holder = refused.unwrap();
     assert!(
         holder.contains(&format!("held by process {pid}")),
         "{holder}"
     );
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
     run(move || async move {
         let store = Store::open(DmaDisk, cfg).await.unwrap();
         let q = store.queue(&topic(), QueueId(0)).unwrap();
